@@ -1,0 +1,85 @@
+"""Face images in and out of the model's input format: RGB uint8, 256×256.
+
+One resize method everywhere (scanning, training, the `jpeg` serving signature, `mesoscan predict`):
+centre-crop to a square, then **antialiased bilinear** resampling (a triangle filter widened on
+downscale, `keras.ops.image.resize(..., antialias=True)`, i.e. `tf.image.resize` on TensorFlow), rounded
+to uint8. Antialiasing matters for faces that are shrunk: plain bilinear aliases the very high-frequency
+detail MesoNet looks at.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+from serving.errors import InvalidInputError
+from serving.mesonet import IMAGE_SIZE
+
+RESIZE_METHOD = "centre crop to square, then antialiased bilinear resize to 256×256, rounded to uint8"
+
+
+def resize_faces(images, size: int = IMAGE_SIZE):
+    """[N, H, W, 3] uint8 (any H, W) → [N, size, size, 3] uint8, with MesoScan's one resize method.
+
+    Works eagerly on numpy arrays and inside a traced TensorFlow graph.
+    """
+    from keras import ops
+
+    resized = ops.image.resize(ops.cast(images, "float32"), (size, size), interpolation="bilinear",
+                               antialias=True, crop_to_aspect_ratio=True)
+    return ops.cast(ops.clip(ops.round(resized), 0, 255), "uint8")
+
+
+def resize_face(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """One [H, W, 3] uint8 image → [size, size, 3] uint8 numpy array."""
+    from keras import ops
+
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    return ops.convert_to_numpy(resize_faces(image[None], size))[0]
+
+
+def decode_image(data: bytes, what: str = "image"):
+    """Encoded JPEG/PNG/BMP/GIF bytes → [H, W, 3] uint8 tensor (TensorFlow's decoder, as in the `jpeg` signature)."""
+    import tensorflow as tf
+
+    try:
+        return tf.io.decode_image(data, channels=3, expand_animations=False)
+    except (tf.errors.InvalidArgumentError, ValueError) as exc:
+        reason = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", str(exc).splitlines()[0]).strip()
+        raise InvalidInputError(f"{what}: not a decodable image ({reason[:200]})") from None
+
+
+def load_face(path: str | Path) -> np.ndarray:
+    """A face crop file → [256, 256, 3] uint8, exactly as the `jpeg` signature would see it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidInputError(f"{path}: cannot read ({exc.strerror})") from None
+    return resize_face(np.asarray(decode_image(data, str(path))))
+
+
+def encode_jpeg(face: np.ndarray, quality: int = 95) -> bytes:
+    """[H, W, 3] uint8 → JPEG bytes (4:4:4 chroma, so a face survives the trip as closely as JPEG allows)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(face).save(buffer, format="JPEG", quality=quality, subsampling=0)
+    return buffer.getvalue()
+
+
+def check_faces(faces: np.ndarray) -> np.ndarray:
+    """Raise `InvalidInputError` unless `faces` is uint8 [N, 256, 256, 3]; return it contiguous."""
+    faces = np.asarray(faces)
+    if faces.dtype != np.uint8:
+        raise InvalidInputError(f"faces must be uint8 RGB (0-255), got dtype {faces.dtype}")
+    if faces.ndim != 4 or faces.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
+        raise InvalidInputError(
+            f"faces must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {list(faces.shape)}"
+        )
+    return np.ascontiguousarray(faces)

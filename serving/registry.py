@@ -1,0 +1,167 @@
+"""The model registry: every model MesoScan can score with, its weights, threshold, provenance and licence.
+
+Two kinds of entries:
+
+* the authors' 2018 files (`meso4_df`, `meso4_f2f`, `mesoinception4_df`, `mesoinception4_f2f`), fetched from
+  their upstream URL with a pinned sha256 (see `serving.fetch`);
+* models trained by MesoScan: `<name>.json` metadata beside `<name>.weights.h5` in `serving/weights/`
+  (committed, shipped with the package) or in `<models_dir>/trained/` (a user's own).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from serving.config import ServingSettings, get_settings
+from serving.errors import ModelFetchError, UnknownModelError
+
+if TYPE_CHECKING:
+    from serving.mesonet import Arch, Output
+
+PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
+WeightsFormat = Literal["keras2_h5", "keras3"]
+
+AUTHORS_URL = "https://github.com/DariusAf/MesoNet/raw/master/weights/{filename}"
+AUTHORS_LICENCE = "Apache-2.0 (weights by the MesoNet authors; see models/mesonet/LICENSE and NOTICE)"
+AUTHORS_PROVENANCE = (
+    "Afchar, Nozick, Yamagishi, Echizen, 'MesoNet: a Compact Facial Video Forgery Detection Network', "
+    "WIFS 2018; weights from github.com/DariusAf/MesoNet (weights/{filename}), trained by the authors on "
+    "their {dataset} dataset (2018)"
+)
+
+
+@dataclass(frozen=True)
+class WeightsFile:
+    """One weight file: where it is stored locally and how to get and verify it."""
+
+    group: str
+    filename: str
+    sha256: str
+    url: str | None = None
+    packaged_path: Path | None = None
+    """Set for weights shipped with MesoScan (or written by `mesoscan train`): no download needed."""
+
+    def local_path(self, settings: ServingSettings) -> Path:
+        return self.packaged_path or settings.models_dir / self.group / self.filename
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    arch: Arch
+    weights: WeightsFile
+    weights_format: WeightsFormat
+    output: Output
+    threshold: float
+    """Scores at or above it are called fake."""
+    version: int
+    provenance: str
+    licence: str
+    description: str = ""
+    metrics: dict = field(default_factory=dict, compare=False)
+    card: Path | None = None
+
+
+def _authors(name: str, arch: Arch, filename: str, sha256: str, dataset: str) -> ModelSpec:
+    return ModelSpec(
+        name=name,
+        arch=arch,
+        weights=WeightsFile("mesonet", filename, sha256, AUTHORS_URL.format(filename=filename)),
+        weights_format="keras2_h5",
+        output="p_real",
+        threshold=0.5,
+        version=1,
+        provenance=AUTHORS_PROVENANCE.format(filename=filename, dataset=dataset),
+        licence=AUTHORS_LICENCE,
+        description=f"{arch} with the authors' 2018 {dataset} weights",
+    )
+
+
+BUILTIN: tuple[ModelSpec, ...] = (
+    _authors("meso4_df", "meso4", "Meso4_DF.h5",
+             "036ed30d04ffd9c7506f825b97c86aa64915f5818931da96817b169aad790af5", "Deepfake"),
+    _authors("meso4_f2f", "meso4", "Meso4_F2F.h5",
+             "bcfda015d217b9f8d6557693edbdf9f4e79cfd22672541968dd0e2954462b5d7", "Face2Face"),
+    _authors("mesoinception4_df", "mesoinception4", "MesoInception_DF.h5",
+             "234586d40058e76ef8b6f27ca4b63c06e31c2a5a69c0d8ba6f30b1468ab7bafa", "Deepfake"),
+    _authors("mesoinception4_f2f", "mesoinception4", "MesoInception_F2F.h5",
+             "d4533ac8a3197dc35c47405d23d99e888c1d0135e267e03540c7451feaccff3f", "Face2Face"),
+)
+
+
+def trained_spec(metadata_path: Path) -> ModelSpec:
+    """A registry entry from a trained model's `<name>.json` (written by `mesoscan train`)."""
+    meta = json.loads(metadata_path.read_text())
+    weights = metadata_path.with_name(meta["weights"])
+    card = metadata_path.with_suffix(".md")
+    return ModelSpec(
+        name=meta["name"],
+        arch=meta["arch"],
+        weights=WeightsFile("trained", weights.name, meta["sha256"], packaged_path=weights),
+        weights_format="keras3",
+        output=meta.get("output", "p_fake"),
+        threshold=float(meta["threshold"]),
+        version=int(meta["version"]),
+        provenance=meta["provenance"],
+        licence=meta["licence"],
+        description=meta.get("description", ""),
+        metrics=meta.get("metrics", {}),
+        card=card if card.exists() else None,
+    )
+
+
+def _trained_dirs(settings: ServingSettings) -> list[Path]:
+    return [PACKAGED_WEIGHTS, settings.models_dir / "trained"]
+
+
+def list_models(settings: ServingSettings | None = None) -> list[ModelSpec]:
+    """Every registered model: the authors' files first, then trained ones (packaged before the user's)."""
+    settings = settings or get_settings()
+    specs = {spec.name: spec for spec in BUILTIN}
+    for directory in _trained_dirs(settings):
+        for meta in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+            spec = trained_spec(meta)
+            specs.setdefault(spec.name, spec)
+    return list(specs.values())
+
+
+def get_model(name: str, settings: ServingSettings | None = None) -> ModelSpec:
+    for spec in list_models(settings):
+        if spec.name == name:
+            return spec
+    known = ", ".join(spec.name for spec in list_models(settings))
+    raise UnknownModelError(f"unknown model {name!r}; registered models: {known} (see `mesoscan models list`)")
+
+
+def is_installed(spec: ModelSpec, settings: ServingSettings | None = None) -> bool:
+    return spec.weights.local_path(settings or get_settings()).is_file()
+
+
+def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> Path:
+    """The local weight file of `spec`, fetched (and verified) first when it is not installed."""
+    from serving.fetch import fetch_weights
+
+    settings = settings or get_settings()
+    path = spec.weights.local_path(settings)
+    if spec.weights.packaged_path is not None:
+        if not path.is_file():
+            raise ModelFetchError(f"{spec.name}: weight file {path} is missing from the installation")
+        return path
+    return path if path.is_file() else fetch_weights(spec.weights, settings)
+
+
+def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
+    """Build `spec`'s architecture and fill it with its weights (fetching them when needed)."""
+    from serving import mesonet
+    from serving.keras2_weights import load_keras2_weights
+
+    path = ensure_weights(spec, settings)
+    model = mesonet.build(spec.arch, spec.output)
+    if spec.weights_format == "keras2_h5":
+        load_keras2_weights(model, path)
+    else:
+        model.load_weights(path)
+    return model
