@@ -1,0 +1,50 @@
+"""Settings of the video pipeline, read from `MESOSCAN_*` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ScannerSettings(BaseSettings):
+    """Every field reads `MESOSCAN_<FIELD>` (e.g. `MESOSCAN_MAX_DURATION_S=300`)."""
+
+    model_config = SettingsConfigDict(env_prefix="MESOSCAN_", extra="ignore", protected_namespaces=())
+
+    # Fetching
+    max_height: int = Field(default=720, ge=144, le=4320)
+    """Ask yt-dlp for a rendition at most this tall."""
+    max_filesize_mb: float = Field(default=200, gt=0)
+    max_duration_s: float = Field(default=600, gt=0)
+    socket_timeout_s: float = Field(default=20, gt=0)
+    download_timeout_s: float = Field(default=300, gt=0)
+    """Wall-clock limit for a whole download."""
+    allow_private_networks: bool = False
+    """Let URLs reach loopback and private addresses (tests, local development). Never in production."""
+    network_allowlist: list[str] = Field(default_factory=list)
+    """Networks (CIDR) or hosts allowed even though they are not global, e.g. `["127.0.0.1/32"]`."""
+    temp_dir: Path | None = None
+    """Where downloads are staged (default: the system temp directory); always cleaned up."""
+
+    # Frames and faces
+    frames: int = Field(default=32, ge=1, le=1024)
+    keyframes: bool = False
+    detector: Literal["full", "short"] = "full"
+    """BlazeFace model: full range (192 px, faces up to about 5 m) or short range (128 px, selfie distance)."""
+    min_detection_score: float = Field(default=0.5, ge=0, le=1)
+    min_face_px: int = Field(default=48, ge=8)
+    """Faces narrower than this many pixels in the frame are skipped as too small to judge."""
+    crop_margin: float = Field(default=1.3, ge=1.0, le=3.0)
+    """Square crop side as a multiple of the face box (the MesoNet authors used about 1.3)."""
+
+    # Verdict
+    uncertain_band: float = Field(default=0.1, ge=0, le=0.5)
+    """Scores within this distance of the model's threshold are labelled `uncertain`."""
+    top_faces: int = Field(default=6, ge=0, le=64)
+
+
+def get_settings() -> ScannerSettings:
+    return ScannerSettings()

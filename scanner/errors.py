@@ -1,0 +1,59 @@
+"""Typed scan errors; each `code` is a stable part of the verdict document's contract."""
+
+from __future__ import annotations
+
+
+class ScanError(Exception):
+    code = "scan_failed"
+    retryable = False
+    """True for transient failures a job queue may retry (network hiccups, a busy model server)."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_dict(self) -> dict:
+        return {"code": self.code, "message": self.message}
+
+
+class InvalidUrlError(ScanError):
+    code = "invalid_url"
+
+
+class BlockedAddressError(ScanError):
+    code = "blocked_address"
+
+
+class UnsupportedUrlError(ScanError):
+    code = "unsupported_url"
+
+
+class DownloadFailedError(ScanError):
+    code = "download_failed"
+    retryable = True
+
+
+class TooLargeError(ScanError):
+    code = "too_large"
+
+
+class TooLongError(ScanError):
+    code = "too_long"
+
+
+class NotAVideoError(ScanError):
+    code = "not_a_video"
+
+
+class CorruptVideoError(ScanError):
+    code = "corrupt_video"
+
+
+class ScanTimeoutError(ScanError):
+    code = "timeout"
+    retryable = True
+
+
+class ModelUnavailableError(ScanError):
+    code = "model_unavailable"
+    retryable = True
