@@ -1,0 +1,186 @@
+"""Frames out of a video file: evenly sampled across the whole video, decoding only what is needed.
+
+Decoding uses PyAV (measured here: about 1.5× faster than OpenCV for H.264). The file is read twice:
+a demux-only pass indexes every packet (timestamps, key-frame flags; no decoding, cheap), then a decode
+pass feeds the decoder only the packet ranges the sampled frames need. Each sampled frame needs the
+packets from the last key frame at or before it; ranges that overlap or touch are decoded in one
+sequential run, and the decoder jumps (flushes) only across a key frame, where sequential decoding would
+waste work. With sparse key frames (the usual every 10 s of web video) this is plain sequential decoding,
+which beats seeking; with dense key frames it skips whole groups of pictures.
+
+Key-frame mode decodes key frames only (evenly chosen among them, at most `count`): the paper reports only
+a small loss for I-frames (−0.037 for Meso-4), at a fraction of the decode time.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from scanner.errors import CorruptVideoError, NotAVideoError
+
+
+@dataclass(frozen=True)
+class Frame:
+    index: int
+    """Position of the frame in presentation order (0-based)."""
+    t: float
+    """Presentation time in seconds from the start of the video."""
+    image: np.ndarray
+    """RGB uint8 [H, W, 3], display orientation."""
+
+
+@dataclass(frozen=True)
+class PacketIndex:
+    """What the demux pass learned: packets in decode order and the frames in presentation order."""
+
+    pts: list[int]
+    """Presentation timestamp of each packet, in decode order."""
+    keyframe: list[bool]
+    time_base: Fraction
+    start_pts: int
+
+    @property
+    def frame_pts(self) -> list[int]:
+        return sorted(self.pts)
+
+    def seconds(self, pts: int) -> float:
+        return float((pts - self.start_pts) * self.time_base)
+
+
+def _open(path: Path):
+    import av
+
+    try:
+        container = av.open(str(path))
+    except av.error.InvalidDataError as exc:
+        raise NotAVideoError(f"not a video file ({exc.strerror or exc})") from None
+    except av.error.FFmpegError as exc:
+        raise CorruptVideoError(f"cannot open the video ({exc.strerror or exc})") from None
+    if not container.streams.video:
+        container.close()
+        raise NotAVideoError("the file has no video stream")
+    return container
+
+
+def index_packets(path: Path) -> PacketIndex:
+    """Demux (without decoding) every video packet of `path`."""
+    import av
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        pts: list[int] = []
+        keyframe: list[bool] = []
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            pts.append(packet.pts)
+            keyframe.append(bool(packet.is_keyframe))
+    except av.error.FFmpegError as exc:
+        raise CorruptVideoError(f"the video cannot be read ({exc.strerror or exc})") from None
+    finally:
+        container.close()
+    if not pts:
+        raise CorruptVideoError("the video stream holds no frames")
+    if not keyframe[0]:
+        keyframe[0] = True  # decoders start anywhere on a stream that lacks key-frame flags
+    start = min(pts)
+    return PacketIndex(pts, keyframe, Fraction(stream.time_base), start)
+
+
+def choose_frames(index: PacketIndex, count: int, keyframes: bool = False) -> list[int]:
+    """Presentation timestamps of the frames to sample: `count` evenly across the video (centres of equal
+    slices), or up to `count` key frames evenly chosen among them."""
+    candidates = sorted(p for p, k in zip(index.pts, index.keyframe, strict=True) if k) if keyframes \
+        else index.frame_pts
+    if len(candidates) <= count:
+        return candidates
+    positions = ((np.arange(count) + 0.5) * len(candidates) / count).astype(int)
+    return [candidates[i] for i in positions]
+
+
+def decode_ranges(index: PacketIndex, wanted: list[int]) -> list[tuple[int, int]]:
+    """Packet ranges [first, last] (decode order, inclusive) that produce the wanted frames, merged.
+
+    A wanted frame needs every packet from the last key frame (in decode order) before its own packet.
+    Two ranges are merged when no key frame lies between them, i.e. when jumping would save nothing.
+    """
+    position = {p: i for i, p in enumerate(index.pts)}
+    keys = [i for i, k in enumerate(index.keyframe) if k]
+    ranges: list[list[int]] = []
+    for target in sorted(position[p] for p in wanted):
+        start = keys[bisect.bisect_right(keys, target) - 1]
+        if ranges and start <= ranges[-1][1] + 1:
+            ranges[-1][1] = max(ranges[-1][1], target)
+        else:
+            ranges.append([start, target])
+    return [(a, b) for a, b in ranges]
+
+
+def _to_rgb(frame) -> np.ndarray:
+    image = frame.to_ndarray(format="rgb24")
+    rotation = int(getattr(frame, "rotation", 0) or 0) % 360
+    if rotation:
+        # The display matrix rotates counter-clockwise by `rotation` degrees.
+        image = np.ascontiguousarray(np.rot90(image, k=rotation // 90))
+    return image
+
+
+def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
+                  index: PacketIndex | None = None) -> Iterator[Frame]:
+    """Yield the sampled frames of `path` in presentation order, decoding only the packets they need."""
+    import av
+
+    path = Path(path)
+    index = index or index_packets(path)
+    wanted = set(choose_frames(index, count, keyframes))
+    order = {p: i for i, p in enumerate(index.frame_pts)}
+    ranges = decode_ranges(index, sorted(wanted))
+    needed = {i for a, b in ranges for i in range(a, b + 1)}
+    range_end = {b for _, b in ranges}
+
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        codec = stream.codec_context
+        if keyframes:
+            codec.skip_frame = "NONKEY"
+        decode_position = -1
+        for packet in container.demux(stream):
+            if packet.pts is None or packet.size == 0:
+                continue
+            decode_position += 1
+            if decode_position not in needed:
+                continue
+            frames = list(codec.decode(packet))
+            if decode_position in range_end:
+                frames += codec.decode(None)  # drain the frames the decoder still holds back (B-frame delay)
+                codec.flush_buffers()
+            for frame in frames:
+                if frame.pts in wanted:
+                    wanted.discard(frame.pts)
+                    yield Frame(order[frame.pts], index.seconds(frame.pts), _to_rgb(frame))
+            if not wanted:
+                break
+    except av.error.FFmpegError as exc:
+        raise CorruptVideoError(f"the video cannot be decoded ({exc.strerror or exc})") from None
+    finally:
+        container.close()
+
+
+def decode_all(path: str | Path) -> int:
+    """Decode every frame of `path` sequentially (the cost sampling saves), returning the frame count."""
+    container = _open(Path(path))
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        return sum(1 for _ in container.decode(stream))
+    finally:
+        container.close()

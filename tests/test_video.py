@@ -1,0 +1,110 @@
+"""Frame sampling: evenly across the whole video, exactly the frames a full decode gives, only what is needed."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from scanner.errors import CorruptVideoError, NotAVideoError
+from scanner.video import PacketIndex, choose_frames, decode_ranges, index_packets, sample_frames
+from tests.conftest import VIDEOS_DIR, require_shared
+
+
+def full_decode(path) -> dict[int, np.ndarray]:
+    with av.open(str(path)) as container:
+        return {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+
+
+@pytest.fixture(scope="module")
+def dense_keyframes(tmp_path_factory):
+    """A clip re-encoded with a key frame every 5 frames and B-frames, where jumping saves work."""
+    out = tmp_path_factory.mktemp("video") / "dense.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(require_shared(VIDEOS_DIR / "ffpp_004.mp4")),
+                    "-t", "6", "-vf", "scale=320:180", "-c:v", "libx264", "-g", "5", "-bf", "2",
+                    "-an", str(out)], check=True)
+    return out
+
+
+def synthetic_index(keyframes: list[bool]) -> PacketIndex:
+    return PacketIndex(pts=list(range(len(keyframes))), keyframe=keyframes, time_base=Fraction(1, 25), start_pts=0)
+
+
+def test_frames_are_chosen_evenly_across_the_whole_video():
+    index = synthetic_index([i % 50 == 0 for i in range(1000)])
+    chosen = choose_frames(index, 10)
+    assert chosen == [50, 150, 250, 350, 450, 550, 650, 750, 850, 950]
+    assert choose_frames(index, 2000) == list(range(1000))  # never more frames than the video has
+    assert choose_frames(index, 3, keyframes=True) == [150, 500, 800]
+    assert all(k % 50 == 0 for k in choose_frames(index, 100, keyframes=True))
+
+
+def test_ranges_decode_sequentially_when_key_frames_are_sparse():
+    index = synthetic_index([i % 250 == 0 for i in range(300)])
+    assert decode_ranges(index, [10, 100, 200, 260, 290]) == [(0, 200), (250, 290)]
+
+
+def test_ranges_jump_over_whole_groups_when_key_frames_are_dense():
+    index = synthetic_index([i % 5 == 0 for i in range(100)])
+    assert decode_ranges(index, [3, 22, 23, 61]) == [(0, 3), (20, 23), (60, 61)]
+    assert decode_ranges(index, [4, 5]) == [(0, 5)]  # adjacent ranges are one run
+
+
+@pytest.mark.parametrize("name", ["ffpp_004.mp4", "dfdc_yhffcuhhjy.mp4"])
+def test_sampled_frames_are_exactly_those_of_a_full_decode(name):
+    path = require_shared(VIDEOS_DIR / name)
+    index = index_packets(path)
+    frames = list(sample_frames(path, 32, index=index))
+    reference = full_decode(path)
+    assert len(frames) == 32
+    times = [f.t for f in frames]
+    assert times == sorted(times)
+    duration = index.seconds(max(index.pts))
+    assert times[0] < duration / 16 and times[-1] > duration * 15 / 16  # the whole video, not the start
+    ordered = sorted(reference)
+    for frame in frames:
+        assert np.array_equal(frame.image, reference[ordered[frame.index]])
+
+
+def test_dense_key_frames_decode_fewer_packets_and_the_same_frames(dense_keyframes):
+    index = index_packets(dense_keyframes)
+    wanted = choose_frames(index, 8)
+    ranges = decode_ranges(index, wanted)
+    assert sum(b - a + 1 for a, b in ranges) < len(index.pts) / 2
+    reference = full_decode(dense_keyframes)
+    ordered = sorted(reference)
+    frames = list(sample_frames(dense_keyframes, 8, index=index))
+    assert [ordered[f.index] for f in frames] == wanted
+    for frame in frames:
+        assert np.array_equal(frame.image, reference[ordered[frame.index]])
+
+
+def test_key_frame_mode_decodes_key_frames_only(dense_keyframes):
+    index = index_packets(dense_keyframes)
+    keys = sorted(p for p, k in zip(index.pts, index.keyframe, strict=True) if k)
+    frames = list(sample_frames(dense_keyframes, 6, keyframes=True, index=index))
+    assert len(frames) == 6
+    ordered = index.frame_pts
+    assert all(ordered[f.index] in keys for f in frames)
+    reference = full_decode(dense_keyframes)
+    for frame in frames:
+        assert np.array_equal(frame.image, reference[ordered[frame.index]])
+
+
+def test_not_a_video_and_corrupt_video(tmp_path):
+    text = tmp_path / "notes.mp4"
+    text.write_text("hello, this is not a video\n" * 100)
+    with pytest.raises(NotAVideoError):
+        index_packets(text)
+    audio = tmp_path / "tone.m4a"
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "sine=d=1", str(audio)], check=True)
+    with pytest.raises(NotAVideoError, match="no video stream"):
+        index_packets(audio)
+    data = require_shared(VIDEOS_DIR / "ffpp_004.mp4").read_bytes()
+    truncated = tmp_path / "truncated.mp4"
+    truncated.write_bytes(data[: len(data) // 3])
+    with pytest.raises((CorruptVideoError, NotAVideoError)):
+        list(sample_frames(truncated, 32))
