@@ -8,12 +8,14 @@ class ScanError(Exception):
     retryable = False
     """True for transient failures a job queue may retry (network hiccups, a busy model server)."""
 
-    def __init__(self, message: str):
+    def __init__(self, message: str, retryable: bool | None = None):
         super().__init__(message)
         self.message = message
+        if retryable is not None:
+            self.retryable = retryable
 
     def to_dict(self) -> dict:
-        return {"code": self.code, "message": self.message}
+        return {"code": self.code, "message": self.message, "retryable": self.retryable}
 
 
 class InvalidUrlError(ScanError):

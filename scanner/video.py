@@ -44,6 +44,8 @@ class PacketIndex:
     keyframe: list[bool]
     time_base: Fraction
     start_pts: int
+    end_pts: int | None = None
+    """Where the last frame ends (its pts plus its duration)."""
 
     @property
     def frame_pts(self) -> list[int]:
@@ -54,44 +56,43 @@ class PacketIndex:
 
 
 def _open(path: Path):
-    import av
+    """Open a media file the safe way (`scanner.probe.open_media`: local files, container demuxers only)."""
+    from scanner.probe import open_container
 
-    try:
-        container = av.open(str(path))
-    except av.error.InvalidDataError as exc:
-        raise NotAVideoError(f"not a video file ({exc.strerror or exc})") from None
-    except av.error.FFmpegError as exc:
-        raise CorruptVideoError(f"cannot open the video ({exc.strerror or exc})") from None
+    container = open_container(path)
     if not container.streams.video:
         container.close()
         raise NotAVideoError("the file has no video stream")
     return container
 
 
-def index_packets(path: Path) -> PacketIndex:
-    """Demux (without decoding) every video packet of `path`."""
+def read_index(container, stream) -> PacketIndex:
+    """Demux (without decoding) every packet of `stream`; `CorruptVideoError` if that fails or finds none."""
     import av
 
-    container = _open(path)
+    pts: list[int] = []
+    keyframe: list[bool] = []
+    end = None
     try:
-        stream = container.streams.video[0]
-        pts: list[int] = []
-        keyframe: list[bool] = []
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
-                continue
+                continue  # the flush packet, or a packet without timing that no frame comes out of
             pts.append(packet.pts)
             keyframe.append(bool(packet.is_keyframe))
+            end = max(end or packet.pts, packet.pts + (packet.duration or 0))
     except av.error.FFmpegError as exc:
-        raise CorruptVideoError(f"the video cannot be read ({exc.strerror or exc})") from None
-    finally:
-        container.close()
+        raise CorruptVideoError(f"the video data cannot be read ({exc.strerror or exc})") from None
     if not pts:
         raise CorruptVideoError("the video stream holds no frames")
     if not keyframe[0]:
         keyframe[0] = True  # decoders start anywhere on a stream that lacks key-frame flags
-    start = min(pts)
-    return PacketIndex(pts, keyframe, Fraction(stream.time_base), start)
+    return PacketIndex(pts, keyframe, Fraction(stream.time_base), min(pts), end)
+
+
+def index_packets(path: str | Path) -> PacketIndex:
+    """Demux (without decoding) every video packet of `path`."""
+    with _open(Path(path)) as container:
+        return read_index(container, container.streams.video[0])
 
 
 def choose_frames(index: PacketIndex, count: int, keyframes: bool = False) -> list[int]:
