@@ -32,10 +32,10 @@ test: setup
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
 
-# Until the video pipeline lands, URL may be one or more face images: `make scan URL=face.jpg`.
+# Scan one video URL or local file: `make scan URL=https://...` (extra options: ARGS="--json --frames 64").
 scan: setup
-	@[ -n "$(URL)" ] || { echo "usage: make scan URL=<face image>"; exit 2; }
-	$(BIN)/mesoscan predict $(URL)
+	@[ -n "$(URL)" ] || { echo "usage: make scan URL=<video URL or file> [ARGS='--json']"; exit 2; }
+	$(BIN)/mesoscan scan "$(URL)" $(ARGS)
 
 bench: setup
 	$(BIN)/python -m tests.bench.bench_backends

@@ -1,0 +1,106 @@
+"""`mesoscan scan`: scan one video URL or local file and print a verdict (or the verdict document)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+SPARKS = "▁▂▃▄▅▆▇█"
+URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def sparkline(timeline: list[dict]) -> str:
+    """One character per sampled frame: the bar's height is the fake probability, a dot marks no face."""
+    return "".join("·" if p["fake_probability"] is None else SPARKS[min(int(p["fake_probability"] * 8), 7)]
+                   for p in timeline)
+
+
+def summary(document: dict) -> str:
+    verdict, source, t = document["verdict"], document["source"], document["timings_ms"]
+    lines = []
+    if verdict["fake_probability"] is None:
+        lines.append(f"NO FACE: no face large enough to judge was found ({document['faces_skipped']} too small)")
+    else:
+        lines.append(f"{verdict['label'].upper()}  fake probability {verdict['fake_probability']:.2f}  "
+                     f"(threshold {verdict['threshold']:.2f}, confidence {verdict['confidence']:.2f})")
+    model = document["model"]
+    lines.append(f"model: {model['name']} v{model['version']} ({model.get('backend', '')})")
+    title = f"{source['title']}  " if source["title"] else ""
+    shape = f"{source['width']}×{source['height']}" if source["width"] else "?"
+    duration = f"{source['duration_s']:.1f} s" if source["duration_s"] is not None else "? s"
+    lines.append(f"video: {title}{duration}, {shape}, {source['fps'] or '?'} fps")
+    for person in document["people"]:
+        lines.append(f"person {person['id']}: {person['fake_probability']:.2f} over {person['faces']} faces "
+                     f"({person['first_t']:.1f}–{person['last_t']:.1f} s)")
+    lines.append(f"timeline: {sparkline(document['timeline'])}  ({document['frames_sampled']} frames"
+                 f"{', key frames only' if document['keyframes_only'] else ''}, {document['faces_analyzed']} faces, "
+                 f"{document['faces_skipped']} too small)")
+    stages = ", ".join(f"{k} {v / 1000:.2f}" for k, v in t.items() if k != "total")
+    lines.append(f"took {t['total'] / 1000:.2f} s ({stages})")
+    return "\n".join(lines)
+
+
+class _ProgressBar:
+    """A progress display on stderr when it is a terminal; silent otherwise."""
+
+    def __init__(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=100, file=sys.stderr, leave=False, bar_format="{desc:<10} {bar} {percentage:3.0f}%",
+                        disable=not sys.stderr.isatty())
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        self.bar.set_description_str(stage)
+        self.bar.n = round(fraction * 100)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@click.command()
+@click.argument("target")
+@click.option("--model", "model_name", default=None, help="Registered model (default: MESOSCAN_MODEL).")
+@click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Frames to sample (default 32).")
+@click.option("--keyframes", is_flag=True, default=None, help="Decode key frames only (fast mode).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict document as JSON.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the verdict document (JSON) to this file.")
+def scan(target: str, model_name: str | None, frames: int | None, keyframes: bool | None, as_json: bool,
+         out_file: Path | None) -> None:
+    """Scan a video URL (a video page, a direct media URL, an HTML page with a video, HLS) or a local file."""
+    from scanner.config import ScannerSettings
+    from scanner.pipeline import Scanner
+    from scanner.verdict import failed_document
+
+    overrides = {k: v for k, v in {"frames": frames, "keyframes": keyframes}.items() if v is not None}
+    scanner = Scanner(ScannerSettings(**overrides), model=model_name)
+    progress = _ProgressBar()
+    try:
+        if URL_LIKE.match(target):
+            document = scanner.scan_url(target, progress)
+        elif Path(target).is_file():
+            document = scanner.scan_file(target, progress)
+        else:
+            document = failed_document(source={"url": target, "title": None, "duration_s": None, "width": None,
+                                               "height": None, "fps": None, "sha256": None},
+                                       model=None, code="invalid_url",
+                                       message=f"{target!r} is neither an http(s) URL nor an existing file")
+    finally:
+        progress.close()
+        scanner.close()
+    text = json.dumps(document, indent=2)
+    if out_file:
+        out_file.write_text(text + "\n")
+    if as_json:
+        click.echo(text)
+    elif document["status"] == "done":
+        click.echo(summary(document))
+    if document["status"] != "done":
+        error = document["error"]
+        click.echo(f"error [{error['code']}]: {error['message']}", err=True)
+        sys.exit(1)

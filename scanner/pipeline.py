@@ -1,0 +1,250 @@
+"""The scan: URL or file → video → sampled frames → faces → scores → verdict document.
+
+Decoding runs in a background thread (PyAV releases the GIL) while the calling thread detects, crops and
+tracks faces, so the two overlap on two cores; crops are scored in batches through the prediction
+interface. Stage timings in the document are the time each stage itself took (decode and detect overlap,
+so they may add up to more than the total).
+"""
+
+from __future__ import annotations
+
+import heapq
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from scanner.config import ScannerSettings, get_settings
+from scanner.errors import ModelUnavailableError, ScanError
+from scanner.verdict import ScoredFace, build_document, failed_document
+
+Progress = Callable[[str, float], None]
+"""progress(stage, fraction): stage is `fetch`, `analyze` or `classify`; fraction in [0, 1]."""
+
+Reuse = Callable[[dict], "dict | None"]
+"""reuse(source) → an earlier verdict document for the same content, or None to analyse the video."""
+
+_DONE = object()
+
+
+def _no_progress(stage: str, fraction: float) -> None:
+    pass
+
+
+class Scanner:
+    """Scans videos with one model. Make one per process, after any fork (the model loads on first use)."""
+
+    def __init__(self, settings: ScannerSettings | None = None, model: str | None = None, predictor=None,
+                 serving_settings=None):
+        self.settings = settings or get_settings()
+        self._model = model
+        self._serving_settings = serving_settings
+        self._predictor = predictor
+        self._detector = None
+        self._lock = threading.Lock()
+
+    @property
+    def predictor(self):
+        from serving.errors import ServingError
+        from serving.predictor import get_predictor
+
+        with self._lock:
+            if self._predictor is None:
+                try:
+                    self._predictor = get_predictor(self._model, self._serving_settings)
+                except ServingError as exc:
+                    raise ModelUnavailableError(str(exc)) from None
+            return self._predictor
+
+    @property
+    def detector(self):
+        from scanner.blazeface import FaceDetector
+
+        with self._lock:
+            if self._detector is None:
+                self._detector = FaceDetector(self.settings.detector, self.settings.min_detection_score,
+                                              model_dir=self.settings.blazeface_dir)
+            return self._detector
+
+    def model_info(self) -> dict:
+        spec = self.predictor.spec
+        return {"name": spec.name, "version": spec.version, "backend": self.predictor.backend}
+
+    def close(self) -> None:
+        if self._predictor is not None:
+            self._predictor.close()
+
+    # --- entry points -------------------------------------------------------------------------------------
+
+    def scan_url(self, url: str, progress: Progress | None = None, reuse: Reuse | None = None) -> dict[str, Any]:
+        """Fetch `url` with yt-dlp (through the network guard) and scan it. Never reads local paths.
+
+        `reuse(source)` is called once the video is downloaded (`source` has its sha256): a document it returns
+        is the result, and the video is not analysed again (de-duplication by content).
+        """
+        from scanner.download import fetch_video
+
+        def fetch_progress(stage: str, fraction: float | None) -> None:
+            if progress is not None and stage == "downloading" and fraction is not None:
+                progress("fetch", fraction)
+
+        return self._scan(lambda: fetch_video(url, self.settings, progress=fetch_progress), {"url": url}, progress,
+                          reuse)
+
+    def scan_file(self, path: str | Path, progress: Progress | None = None) -> dict[str, Any]:
+        """Scan a local file (the command line only; the gateway must never call this)."""
+        from scanner.download import open_local_video
+
+        return self._scan(lambda: open_local_video(Path(path), self.settings), {"url": None}, progress)
+
+    # --- the work -----------------------------------------------------------------------------------------
+
+    def _scan(self, open_video: Callable[[], AbstractContextManager], source: dict,
+              progress: Progress | None, reuse: Reuse | None = None) -> dict[str, Any]:
+        progress = progress or _no_progress
+        started = time.perf_counter()
+        timings: dict[str, float] = {}
+        model = None
+        source = {"url": source.get("url"), "title": None, "duration_s": None, "width": None, "height": None,
+                  "fps": None, "sha256": None}
+        try:
+            model = self.model_info()  # fail fast, before downloading, when the model cannot load
+            progress("fetch", 0.0)
+            with open_video() as video:
+                timings["fetch"] = (time.perf_counter() - started) * 1000
+                source = video.source
+                progress("fetch", 1.0)
+                if reuse is not None and (earlier := reuse(source)) is not None:
+                    return earlier
+                document = self._analyze(Path(video.path), video.info.index, source, model, timings, progress,
+                                         started)
+        except ScanError as exc:
+            timings["total"] = (time.perf_counter() - started) * 1000
+            return failed_document(source=source, model=model, code=exc.code, message=exc.message,
+                                   retryable=exc.retryable, timings_ms=timings)
+        return document
+
+    def _analyze(self, path: Path, index, source: dict, model: dict, timings: dict[str, float],
+                 progress: Progress, started: float) -> dict[str, Any]:
+        from scanner.faces import crop_face, select_faces
+        from scanner.tracking import FaceTracker
+        from scanner.video import choose_frames
+        from serving.errors import InvalidInputError, ServingError
+
+        s = self.settings
+        expected = len(choose_frames(index, s.frames, s.keyframes))
+        tracker = FaceTracker()
+        detector = self.detector
+        spec = self.predictor.spec
+        batch_size = self.predictor.settings.batch_size
+
+        frame_times: list[float] = []
+        faces: list[ScoredFace] = []
+        pending: list[tuple[ScoredFace, np.ndarray]] = []
+        keep: list[tuple[float, int, np.ndarray]] = []  # min-heap of the most suspicious crops
+        skipped = 0
+        detect_ms = classify_ms = 0.0
+
+        def classify(batch: list[tuple[ScoredFace, np.ndarray]]) -> None:
+            nonlocal classify_ms
+            t0 = time.perf_counter()
+            try:
+                scores = self.predictor.predict(np.stack([crop for _, crop in batch]))
+            except InvalidInputError:
+                raise
+            except ServingError as exc:
+                raise ModelUnavailableError(str(exc)) from None
+            classify_ms += (time.perf_counter() - t0) * 1000
+            for (face, crop), score in zip(batch, scores, strict=True):
+                face.fake_probability = float(score)
+                faces.append(face)
+                entry = (face.fake_probability, id(face), crop)
+                if len(keep) < s.top_faces:
+                    heapq.heappush(keep, entry)
+                elif s.top_faces and entry[0] > keep[0][0]:
+                    heapq.heapreplace(keep, entry)
+
+        with BackgroundFrames(path, s.frames, s.keyframes, index) as decoded:
+            for frame in decoded:
+                t0 = time.perf_counter()
+                detections, small = select_faces(detector.detect(frame.image), s.min_face_px)
+                skipped += small
+                people = tracker.assign(frame.t, detections)
+                for detection, person in zip(detections, people, strict=True):
+                    crop = crop_face(frame.image, detection, s.crop_margin)
+                    pending.append((ScoredFace(frame.t, frame.index, person, crop.box, float("nan")), crop.image))
+                detect_ms += (time.perf_counter() - t0) * 1000
+                frame_times.append(frame.t)
+                progress("analyze", len(frame_times) / max(expected, 1))
+                if len(pending) >= batch_size:
+                    classify(pending)
+                    pending = []
+        if pending:
+            progress("classify", 0.0)
+            classify(pending)
+        progress("classify", 1.0)
+
+        kept_images = {key: crop for _, key, crop in keep}
+        for face in faces:
+            face.image = kept_images.get(id(face))
+        timings.update(decode=decoded.decode_ms, detect=detect_ms, classify=classify_ms,
+                       total=(time.perf_counter() - started) * 1000)
+        return build_document(source=source, model=model, threshold=spec.threshold, band=s.uncertain_band,
+                              faces=faces, frame_times=frame_times, faces_skipped=skipped, keyframes=s.keyframes,
+                              top=s.top_faces, timings_ms=timings)
+
+
+class BackgroundFrames(AbstractContextManager, Iterator):
+    """Sampled frames decoded by a thread a few frames ahead (bounded queue); leaving the block stops it."""
+
+    def __init__(self, path: Path, count: int, keyframes: bool, index, ahead: int = 4):
+        from scanner.video import sample_frames
+
+        self.decode_ms = 0.0
+        self._queue: queue.Queue = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._frames = sample_frames(path, count, keyframes, index)
+        self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                frame = next(self._frames, _DONE)
+                self.decode_ms += (time.perf_counter() - t0) * 1000
+                self._put(frame)
+                if frame is _DONE:
+                    return
+        except BaseException as exc:  # handed to the consumer and raised there
+            self._put(exc)
+        finally:
+            self._frames.close()  # closes the container even when stopped early
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __enter__(self) -> BackgroundFrames:
+        self._thread.start()
+        return self
+
+    def __next__(self):
+        item = self._queue.get()
+        if item is _DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()

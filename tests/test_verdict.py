@@ -1,0 +1,126 @@
+"""Aggregation and label rules of the verdict document, and its JSON Schema."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import jsonschema
+import numpy as np
+import pytest
+from PIL import Image
+
+from scanner.verdict import (
+    ScoredFace,
+    build_document,
+    confidence_for,
+    failed_document,
+    label_for,
+    people_summary,
+    timeline,
+    validate,
+    video_score,
+)
+
+SOURCE = {"url": "https://example.org/v", "title": "<script>alert(1)</script>", "duration_s": 10.0, "width": 1280,
+          "height": 720, "fps": 25.0, "sha256": "0" * 64}
+MODEL = {"name": "meso4_df", "version": 1, "backend": "embedded"}
+
+
+def face(t, person, p, image=True):
+    crop = np.full((256, 256, 3), int(p * 255), np.uint8) if image else None
+    return ScoredFace(t=t, frame=int(t * 25), person=person, box=(10, 20, 100, 100), fake_probability=p, image=crop)
+
+
+def document(faces, frame_times=(0.5, 1.5, 2.5, 3.5), threshold=0.5, band=0.1, top=3):
+    return build_document(source=SOURCE, model=MODEL, threshold=threshold, band=band, faces=list(faces),
+                          frame_times=list(frame_times), faces_skipped=2, keyframes=False, top=top,
+                          timings_ms={"fetch": 1, "decode": 2, "detect": 3, "classify": 4, "total": 9})
+
+
+def test_labels():
+    assert label_for(None, 0.5, 0.1) == "no_face"
+    assert label_for(0.95, 0.5, 0.1) == "fake"
+    assert label_for(0.05, 0.5, 0.1) == "real"
+    assert label_for(0.55, 0.5, 0.1) == "uncertain"
+    assert label_for(0.41, 0.5, 0.1) == "uncertain"
+    assert label_for(0.39, 0.5, 0.1) == "real"
+    assert label_for(0.3, 0.25, 0.0) == "fake"  # the model's own threshold, not 0.5
+
+
+def test_confidence_is_the_share_of_the_way_from_threshold_to_the_end():
+    assert confidence_for(None, 0.5) is None
+    assert confidence_for(0.5, 0.5) == 0
+    assert confidence_for(1.0, 0.5) == 1
+    assert confidence_for(0.0, 0.5) == 1
+    assert confidence_for(0.7, 0.4) == pytest.approx(0.5)
+    assert confidence_for(0.1, 0.4) == pytest.approx(0.75)
+
+
+def test_person_score_is_the_mean_and_the_video_is_its_most_suspicious_person():
+    faces = [face(0.5, 0, 0.1), face(1.5, 0, 0.3), face(0.5, 1, 0.9), face(1.5, 1, 0.7)]
+    people = people_summary(faces)
+    assert [(p["id"], p["fake_probability"], p["faces"]) for p in people] == [(0, 0.2, 2), (1, 0.8, 2)]
+    assert (people[1]["first_t"], people[1]["last_t"]) == (0.5, 1.5)
+    assert video_score(people) == 0.8
+
+
+def test_a_person_seen_once_decides_only_when_nobody_was_seen_twice():
+    faces = [face(0.5, 0, 0.1), face(1.5, 0, 0.2), face(2.5, 1, 0.99)]
+    assert video_score(people_summary(faces)) == pytest.approx(0.15)
+    assert video_score(people_summary([face(2.5, 1, 0.99)])) == 0.99
+    assert video_score([]) is None
+
+
+def test_timeline_has_every_sampled_frame_with_its_most_suspicious_face():
+    faces = [face(0.5, 0, 0.1), face(0.5, 1, 0.6), face(2.5, 0, 0.3)]
+    assert timeline(faces, [0.5, 1.5, 2.5]) == [
+        {"t": 0.5, "fake_probability": 0.6, "faces": 2},
+        {"t": 1.5, "fake_probability": None, "faces": 0},
+        {"t": 2.5, "fake_probability": 0.3, "faces": 1},
+    ]
+
+
+def test_document_follows_the_schema_and_ranks_top_faces():
+    doc = document([face(0.5, 0, 0.1), face(1.5, 0, 0.95), face(2.5, 0, 0.9), face(3.5, 0, 0.2, image=False)])
+    validate(doc)
+    assert doc["status"] == "done"
+    assert doc["error"] is None
+    assert doc["verdict"]["label"] == "uncertain"  # mean 0.5375 is within 0.1 of 0.5
+    assert doc["faces_analyzed"] == 4
+    assert doc["faces_skipped"] == 2
+    assert [f["fake_probability"] for f in doc["top_faces"]] == [0.95, 0.9, 0.1]
+    crop = Image.open(io.BytesIO(base64.b64decode(doc["top_faces"][0]["jpeg_base64"])))
+    assert crop.size == (256, 256)
+    assert crop.format == "JPEG"
+
+
+def test_no_face_is_never_real():
+    doc = document([])
+    validate(doc)
+    assert doc["verdict"] == {"label": "no_face", "fake_probability": None, "confidence": None, "threshold": 0.5,
+                              "uncertain_band": 0.1}
+    assert [p["faces"] for p in doc["timeline"]] == [0, 0, 0, 0]
+
+
+def test_failed_document_has_an_error_and_no_probability():
+    doc = failed_document(source=SOURCE, model=None, code="blocked_address", message="no", retryable=False)
+    validate(doc)
+    assert doc["status"] == "failed"
+    assert doc["verdict"] is None
+    assert doc["error"] == {"code": "blocked_address", "message": "no", "retryable": False}
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda d: d.update(status="failed"),  # failed without an error
+    lambda d: d["verdict"].update(fake_probability=1.5),
+    lambda d: d["verdict"].update(label="probably"),
+    lambda d: d.update(extra=1),
+    lambda d: d["source"].update(sha256="xyz"),
+    lambda d: d.update(error={"code": "oops", "message": "x"}),
+])
+def test_schema_rejects_broken_documents(mutate):
+    doc = document([face(0.5, 0, 0.9), face(1.5, 0, 0.9)])
+    mutate(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        validate(doc)
