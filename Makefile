@@ -37,8 +37,11 @@ scan: setup
 	@[ -n "$(URL)" ] || { echo "usage: make scan URL=<video URL or file> [ARGS='--json']"; exit 2; }
 	$(BIN)/mesoscan scan "$(URL)" $(ARGS)
 
+# Benchmarks (not timed tests): medians printed as Markdown tables and written to bench/results/*.json.
 bench: setup
 	$(BIN)/python -m tests.bench.bench_backends
+	$(BIN)/python -m tests.bench.bench_detect
+	$(BIN)/python -m tests.bench.bench_scan
 
 lint: setup
 	$(BIN)/ruff check .
