@@ -37,6 +37,9 @@ class ServingSettings(BaseSettings):
     batch_size: int = Field(default=32, ge=1, le=1024)
     request_timeout_s: float = Field(default=30.0, gt=0)
     retries: int = Field(default=3, ge=0, le=10)
+    """Retries of a download, or of a model server call that found the server unavailable (gRPC: at most 4)."""
+    retry_backoff_s: float = Field(default=0.25, gt=0, le=10)
+    """Model server calls: the pause between retries; it doubles with each further retry, up to 8 times this."""
     download_timeout_s: float = Field(default=30.0, gt=0)
     jpeg_quality: int = Field(default=95, ge=50, le=100)
     """Quality of the JPEG crops the REST backend sends."""

@@ -44,3 +44,15 @@ class PredictionTimeoutError(ModelUnavailableError):
     """The backend did not answer within the deadline."""
 
     code = "timeout"
+
+
+class ModelNotServedError(ModelUnavailableError):
+    """The model server is up but does not serve this model (or this version of it)."""
+
+    code = "model_not_served"
+
+
+class TFServingConfigError(ServingError, ValueError):
+    """A TF Serving setting is malformed: models.config, batching.config, or the server URL for the backend."""
+
+    code = "invalid_config"
