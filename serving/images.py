@@ -86,6 +86,17 @@ def encode_jpeg(face: np.ndarray, quality: int = 95) -> bytes:
     return buffer.getvalue()
 
 
+def encode_png(face: np.ndarray) -> bytes:
+    """[H, W, 3] uint8 → PNG bytes (lossless)."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(face).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
 def check_faces(faces: np.ndarray) -> np.ndarray:
     """Raise `InvalidInputError` unless `faces` is uint8 [N, 256, 256, 3]; return it contiguous."""
     faces = np.asarray(faces)

@@ -135,6 +135,12 @@ def test_rest_matches_embedded_on_the_faces_it_sent(server, embedded, faces, nam
     assert change.max() <= REST_RAW_MAX and change.mean() <= REST_RAW_MEAN, change
 
 
+def test_rest_with_png_matches_embedded_exactly(server, embedded, faces):
+    with remote("tfserving-rest", server, "meso4_df", batch_size=4, rest_image_format="png") as predictor:
+        scores = predictor.predict(faces)
+    np.testing.assert_allclose(scores, embedded["meso4_df"].predict(faces), rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_64_face_batch_goes_in_one_request(server, embedded, faces, backend):
     """64 faces are 12.6 MB of uint8 over gRPC: above gRPC's 4 MB default on both sides."""

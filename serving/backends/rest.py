@@ -23,7 +23,7 @@ from serving.errors import (
     TFServingConfigError,
 )
 from serving.export import JPEG_SIGNATURE
-from serving.images import encode_jpeg
+from serving.images import encode_jpeg, encode_png
 from serving.predictor import Predictor
 from serving.registry import ModelSpec
 
@@ -68,7 +68,8 @@ class RestPredictor(Predictor):
 
     def _predict_batch(self, faces: np.ndarray) -> np.ndarray:
         quality = self.settings.jpeg_quality
-        instances = [{"b64": base64.b64encode(encode_jpeg(face, quality)).decode("ascii")} for face in faces]
+        encode = encode_png if self.settings.rest_image_format == "png" else lambda f: encode_jpeg(f, quality)
+        instances = [{"b64": base64.b64encode(encode(face)).decode("ascii")} for face in faces]
         answer = self._request("POST", f"{self.model_url}:predict",
                                json={"signature_name": JPEG_SIGNATURE, "instances": instances})
         predictions = answer.get("predictions") if isinstance(answer, dict) else None
