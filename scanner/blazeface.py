@@ -238,8 +238,14 @@ class Letterbox:
         import cv2
 
         # MediaPipe samples bilinearly; area averaging is used on downscale to avoid aliasing at 1080p → 192.
-        shrink = self.width < self.frame_width or self.height < self.frame_height
-        resized = cv2.resize(frame_rgb, (self.width, self.height),
+        # Halve exactly first while the frame is 4× the input or more: OpenCV's 2× area path is fast, and the result
+        # stays an area average (detections measured identical on the shared clips; halving down to 2× was not).
+        resized = frame_rgb
+        while resized.shape[1] >= 4 * self.width and resized.shape[0] >= 4 * self.height:
+            resized = cv2.resize(resized, (resized.shape[1] // 2, resized.shape[0] // 2),
+                                 interpolation=cv2.INTER_AREA)
+        shrink = self.width < resized.shape[1] or self.height < resized.shape[0]
+        resized = cv2.resize(resized, (self.width, self.height),
                              interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
         tensor = np.full((1, self.size, self.size, 3), -1.0, dtype=np.float32)
         tensor[0, self.top:self.top + self.height, self.left:self.left + self.width] = (
