@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := ffmpeg
+DEBIAN_PACKAGES := ffmpeg wrk
 PYTEST_ARGS ?=
 
 .PHONY: setup system test scan bench lint lock clean
@@ -42,6 +42,7 @@ bench: setup
 	$(BIN)/python -m tests.bench.bench_backends
 	$(BIN)/python -m tests.bench.bench_detect
 	$(BIN)/python -m tests.bench.bench_scan
+	$(BIN)/python -m tests.bench.bench_gateway
 
 lint: setup
 	$(BIN)/ruff check .

@@ -1,0 +1,340 @@
+"""The JSON API under /api/v1: submit scans and batches, read their status and verdict documents."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import urllib.parse
+from collections import OrderedDict
+from typing import Annotated, Any
+
+from flask import Blueprint, current_app, g, jsonify, request, url_for
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import delete, select
+
+from scanner.errors import InvalidUrlError, ScanError
+from server import jobs
+from server.db import read_scope, session_scope
+from server.errors import ApiError
+from server.metrics import SUBMISSIONS
+from server.models import ACTIVE, FINAL, Batch, BatchItem, Scan, utcnow
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+STATUSES = ("queued", "running", "done", "failed", "rejected")
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def _storable(text: str) -> str:
+    """No NUL and no lone surrogates: neither can be stored as text (PostgreSQL refuses them)."""
+    if _UNSTORABLE.search(text):
+        raise ValueError("text may not contain NUL characters or lone surrogates")
+    return text
+
+
+Text = Annotated[str, AfterValidator(_storable)]
+
+
+class ScanRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: Text = Field(min_length=1, max_length=2048)
+    page_url: Text | None = Field(default=None, max_length=2048)
+    model: Text | None = Field(default=None, max_length=100)
+
+
+class BatchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    urls: list[Annotated[Text, Field(max_length=2048)]] = Field(min_length=1)
+    model: Text | None = Field(default=None, max_length=100)
+
+
+def _settings():
+    return current_app.config["MESOSCAN"]
+
+
+def _body(schema: type[BaseModel]) -> Any:
+    data = request.get_json()  # 415 unless JSON, 400 when unparsable, 413 over MAX_CONTENT_LENGTH
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
+                   for e in exc.errors(include_url=False, include_input=False)]
+        raise ApiError(400, "invalid_request", "the request body does not match the API: "
+                       + "; ".join(f"{d['field']}: {d['problem']}" for d in details), details=details) from None
+
+
+def _policy():
+    """The video pipeline's URL policy, read from the environment once per app."""
+    policy = current_app.extensions.get("mesoscan_url_policy")
+    if policy is None:
+        from scanner.config import get_settings as scanner_settings
+        from scanner.netguard import AddressPolicy
+
+        policy = current_app.extensions["mesoscan_url_policy"] = AddressPolicy.from_settings(scanner_settings())
+    return policy
+
+
+def check_video_url(url: str, policy=None) -> str:
+    """The SSRF rules of the video pipeline, at the door: raises ScanError (invalid_url, blocked_address)."""
+    settings = _settings()
+    if len(url) > settings.max_url_length:
+        raise InvalidUrlError(f"the URL is longer than {settings.max_url_length} characters")
+    (policy or _policy()).check_url(url)
+    return url.strip()
+
+
+def _check_page_url(url: str | None) -> str | None:
+    if url is None or not url.strip():
+        return None
+    parts = urllib.parse.urlsplit(url.strip())
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        raise ApiError(400, "invalid_url", "page_url must be an http(s) URL")
+    return url.strip()
+
+
+MODELS_TTL_S = 60.0
+"""Registered models are listed at most this often per process (a newly trained model is accepted within a minute)."""
+
+
+def _models() -> tuple[str, dict[str, int]]:
+    """(default model, {name: version}) of the registry, cached briefly per app."""
+    cached = current_app.extensions.get("mesoscan_models")
+    if cached is None or time.monotonic() - cached[0] > MODELS_TTL_S:
+        from serving.config import get_settings as serving_settings
+        from serving.registry import list_models
+
+        settings = serving_settings()
+        cached = (time.monotonic(), settings.model, {spec.name: spec.version for spec in list_models(settings)})
+        current_app.extensions["mesoscan_models"] = cached
+    return cached[1], cached[2]
+
+
+def _model(name: str | None) -> tuple[str, int]:
+    default, models = _models()
+    name = default if name is None else name
+    if name not in models:
+        raise ApiError(400, "unknown_model", f"unknown model {name!r}; registered models: {', '.join(models)} "
+                                             "(see `mesoscan models list`)")
+    return name, models[name]
+
+
+def _iso(value) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def scan_json(scan: Scan, cached: bool | None = None) -> dict:
+    out = {
+        "id": scan.id,
+        "url": scan.url,
+        "page_url": scan.page_url,
+        "model": {"name": scan.model, "version": scan.model_version},
+        "status": scan.status,
+        "progress": ({"stage": scan.stage, "fraction": round(scan.fraction or 0.0, 4)}
+                     if scan.status == "running" and scan.stage in ("fetch", "analyze", "classify") else None),
+        "attempts": scan.attempts,
+        "created_at": _iso(scan.created_at),
+        "started_at": _iso(scan.started_at),
+        "finished_at": _iso(scan.finished_at),
+        "status_url": url_for("api.get_scan", scan_id=scan.id, _external=True),
+        "report_url": url_for("pages.report", scan_id=scan.id, _external=True),
+        "reused_from": scan.reused_from,
+        "result": scan.result if scan.status in ("done", "failed") else None,
+    }
+    if cached is not None:
+        out["cached"] = cached
+    return out
+
+
+def _publish(created: list[Scan]) -> None:
+    """Send the new scans' tasks; when the broker is down, forget them and answer 503."""
+    from server.tasks import publish
+
+    sent: set[str] = set()
+    try:
+        for scan in created:
+            publish(scan.id, scan.task_id)  # type: ignore[arg-type]
+            sent.add(scan.id)
+    except Exception as exc:
+        log.warning("broker unavailable, %d scan(s) not queued: %s", len(created) - len(sent), exc)
+        with session_scope(_settings().database_url) as session:
+            jobs.forget_unpublished(session, [s.id for s in created if s.id not in sent])
+        if sent:  # some went out: their records stay and they will run
+            log.warning("a partly queued request: %d scan(s) were sent before the broker failed", len(sent))
+        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again shortly",
+                       headers={"Retry-After": "10"}) from None
+
+
+@bp.post("/scans")
+def create_scan():
+    body = _body(ScanRequest)
+    try:
+        url = check_video_url(body.url)
+    except ScanError as exc:
+        SUBMISSIONS.labels("rejected").inc()
+        raise ApiError(400, exc.code, exc.message) from None
+    page_url = _check_page_url(body.page_url)
+    model, version = _model(body.model)
+    settings = _settings()
+    with session_scope(settings.database_url) as session:
+        submission = jobs.submit(session, url=url, page_url=page_url, model=model, version=version,
+                                 api_key_id=g.get("api_key_id"), cache_ttl_s=settings.cache_ttl_s)
+    if submission.outcome == "created":
+        _publish([submission.scan])
+    SUBMISSIONS.labels(submission.outcome).inc()
+    cached = submission.outcome == "cached"
+    response = jsonify(scan_json(submission.scan, cached=cached))
+    if not cached:
+        response.status_code = 202
+        response.headers["Location"] = url_for("api.get_scan", scan_id=submission.scan.id, _external=True)
+    return response
+
+
+def _get_or_404(session, model, item_id: str):
+    found = session.get(model, item_id) if ID_PATTERN.match(item_id) else None
+    if found is None:
+        raise ApiError(404, "not_found", f"no {'batch' if model is Batch else 'scan'} with this id")
+    return found
+
+
+class FinalCache:
+    """Serialized answers for finished scans, which never change again (an LRU per process)."""
+
+    def __init__(self, size: int = 256):
+        self.size = size
+        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str]) -> bytes | None:
+        with self._lock:
+            body = self._items.get(key)
+            if body is not None:
+                self._items.move_to_end(key)
+            return body
+
+    def put(self, key: tuple[str, str], body: bytes) -> None:
+        with self._lock:
+            self._items[key] = body
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+@bp.get("/scans/<scan_id>")
+def get_scan(scan_id: str):
+    cache: FinalCache = current_app.extensions.setdefault("mesoscan_final_cache", FinalCache())
+    key = (request.host_url, scan_id)
+    body = cache.get(key)
+    if body is None:
+        with read_scope(_settings().database_url) as session:
+            scan = _get_or_404(session, Scan, scan_id)
+            body = json.dumps(scan_json(scan), separators=(",", ":")).encode()
+        if scan.status in FINAL:
+            cache.put(key, body)
+    return current_app.response_class(body, mimetype="application/json")
+
+
+@bp.post("/batches")
+def create_batch():
+    body = _body(BatchRequest)
+    settings = _settings()
+    if len(body.urls) > settings.max_batch_urls:
+        raise ApiError(400, "invalid_request", f"a batch holds at most {settings.max_batch_urls} URLs")
+    model, version = _model(body.model)
+    policy = _policy()
+    created: list[Scan] = []
+    with session_scope(settings.database_url) as session:
+        batch = Batch(id=jobs.new_id(), model=model, model_version=version, api_key_id=g.get("api_key_id"),
+                      created_at=utcnow())
+        session.add(batch)
+        for position, raw in enumerate(body.urls):
+            item = BatchItem(batch_id=batch.id, position=position, url=raw[:settings.max_url_length])
+            try:
+                url = check_video_url(raw, policy)
+            except ScanError as exc:
+                item.error_code, item.error_message = exc.code, exc.message
+                SUBMISSIONS.labels("rejected").inc()
+            else:
+                submission = jobs.submit(session, url=url, page_url=None, model=model, version=version,
+                                         api_key_id=g.get("api_key_id"), cache_ttl_s=settings.cache_ttl_s)
+                item.scan_id = submission.scan.id
+                SUBMISSIONS.labels(submission.outcome).inc()
+                if submission.outcome == "created":
+                    created.append(submission.scan)
+            session.add(item)
+    try:
+        _publish(created)
+    except ApiError:  # nothing of a refused request stays behind
+        with session_scope(settings.database_url) as session:
+            session.execute(delete(Batch).where(Batch.id == batch.id))
+        raise
+    with read_scope(settings.database_url) as session:
+        payload = batch_json(session, session.get(Batch, batch.id))
+    response = jsonify(payload)
+    response.status_code = 202
+    response.headers["Location"] = payload["status_url"]
+    return response
+
+
+def batch_json(session, batch: Batch) -> dict:
+    """The batch with each item's scan status, verdict label part and error: only those parts of the documents are
+    read (face crops stay in the database)."""
+    rows = session.execute(
+        select(BatchItem.url, BatchItem.error_code, BatchItem.error_message, Scan.id, Scan.status,
+               Scan.result["verdict"], Scan.result["error"])
+        .outerjoin(Scan, Scan.id == BatchItem.scan_id)
+        .where(BatchItem.batch_id == batch.id)
+        .order_by(BatchItem.position))
+    counts = dict.fromkeys(STATUSES, 0)
+    items = []
+    for url, error_code, error_message, scan_id, status, verdict, doc_error in rows:
+        if scan_id is None:
+            status, verdict = "rejected", None
+            error = {"code": error_code or "rejected", "message": error_message or "not scanned"}
+        else:
+            error = ({"code": doc_error.get("code"), "message": doc_error.get("message")}
+                     if status == "failed" and isinstance(doc_error, dict) else None)
+            verdict = verdict if status == "done" else None
+        counts[status] += 1
+        items.append({
+            "url": url,
+            "scan_id": scan_id,
+            "status": status,
+            "verdict": verdict,
+            "error": error,
+            "report_url": url_for("pages.report", scan_id=scan_id, _external=True) if scan_id else None,
+        })
+    return {
+        "id": batch.id,
+        "model": {"name": batch.model, "version": batch.model_version},
+        "created_at": _iso(batch.created_at),
+        "total": len(items),
+        "counts": counts,
+        "complete": not any(item["status"] in ACTIVE for item in items),
+        "status_url": url_for("api.get_batch", batch_id=batch.id, _external=True),
+        "items": items,
+    }
+
+
+@bp.get("/batches/<batch_id>")
+def get_batch(batch_id: str):
+    with read_scope(_settings().database_url) as session:
+        batch = _get_or_404(session, Batch, batch_id)
+        return jsonify(batch_json(session, batch))
+
+
+@bp.get("/openapi.json")
+def openapi():
+    from server.openapi import document
+    from serving.registry import list_models
+
+    return jsonify(document(_settings().max_batch_urls, [spec.name for spec in list_models()]))

@@ -1,0 +1,61 @@
+"""The gateway's Flask app factory: settings, blueprints, errors, keys and limits, CORS, metrics."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Flask, Response, g, request
+from flask_cors import CORS
+
+from server.config import ServerSettings, get_settings
+
+
+def create_app(settings: ServerSettings | None = None) -> Flask:
+    from server import api, errors, health, pages
+    from server.limits import init_limits
+    from server.metrics import LATENCY, REQUESTS, render
+    from server.tasks import configure
+
+    settings = settings or get_settings()
+    app = Flask(__name__)
+    app.config.update(
+        MESOSCAN=settings,
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        JSON_SORT_KEYS=False,
+    )
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.json.compact = True  # type: ignore[attr-defined]
+    if settings.proxy_hops:
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,  # type: ignore[method-assign]
+                                x_host=settings.proxy_hops)
+    configure(settings)
+    errors.register(app)
+
+    @app.before_request
+    def _start_timer() -> None:
+        g.started = time.perf_counter()
+
+    init_limits(app, api.bp)
+    if settings.allowed_origins:
+        CORS(app, resources={r"/api/v1/*": {"origins": settings.allowed_origins}},
+             allow_headers=["Content-Type", "X-API-Key"], expose_headers=["Location", "Retry-After"],
+             methods=["GET", "POST"], max_age=600)
+    app.register_blueprint(api.bp)
+    app.register_blueprint(pages.bp)
+    app.register_blueprint(health.bp)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(render(settings), mimetype="text/plain; version=0.0.4")
+
+    @app.after_request
+    def _count(response: Response) -> Response:
+        endpoint = request.url_rule.rule if request.url_rule is not None else "(unmatched)"
+        REQUESTS.labels(request.method, endpoint, str(response.status_code)).inc()
+        if "started" in g:
+            LATENCY.labels(request.method, endpoint).observe(time.perf_counter() - g.started)
+        return response
+
+    return app

@@ -1,0 +1,52 @@
+"""`mesoscan serve --dev`: the gateway and one worker in a single process, on loopback, for development and tests.
+
+The broker is Celery's in-memory transport and the worker runs tasks in a thread of this process (solo pool, so no
+time limits); the database is the configured one (SQLite by default). Keys are not needed (open mode).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+
+from server.config import ServerSettings
+
+log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def dev_settings(base: ServerSettings) -> ServerSettings:
+    return base.model_copy(update={"broker_url": "memory://", "ratelimit_storage_url": "memory://",
+                                   "open_mode": True})
+
+
+def start_worker(settings: ServerSettings) -> threading.Thread:
+    """A Celery worker consuming the in-memory queue in a daemon thread; the model loads in the background."""
+    from server.tasks import configure, get_scanner
+    from serving.config import get_settings as serving_settings
+
+    app = configure(settings)
+    app.conf.update(worker_hijack_root_logger=False, worker_redirect_stdouts=False)  # the process is Flask's too
+    worker = app.WorkController(app=app, pool="solo", concurrency=1, hostname="dev@localhost",
+                                queues=[settings.queue], without_heartbeat=True, without_mingle=True,
+                                without_gossip=True, loglevel="INFO")
+    thread = threading.Thread(target=worker.start, name="mesoscan-dev-worker", daemon=True)
+    thread.start()
+
+    def warm() -> None:
+        try:
+            get_scanner(serving_settings().model).model_info()
+        except Exception as exc:
+            log.warning("the model could not be loaded yet: %s", exc)
+
+    threading.Thread(target=warm, name="mesoscan-dev-warmup", daemon=True).start()
+    return thread

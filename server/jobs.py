@@ -1,0 +1,254 @@
+"""The life of a scan record: submission with de-duplication, claiming by a worker, progress, and the final result.
+
+Every transition is one conditional UPDATE, so gateways and workers on several machines agree without locks:
+
+- one live job per (normalized URL, model): `active_key` is unique while a scan is queued or running;
+- a scan belongs to one Celery message at a time (`task_id`): a delivery of any other message is dropped, and a
+  redelivery of the owning message (its worker died) may take the scan over once its heartbeat has gone stale;
+- a scan becomes final once: the first worker to finish writes the verdict, later ones change nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import re
+import secrets
+import urllib.parse
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.db import session_scope
+from server.models import ACTIVE, DONE, FAILED, FINAL, QUEUED, RUNNING, BatchItem, Scan, utcnow
+
+# Query parameters that only track where a click came from; they never change the video.
+_TRACKING = ("utm_", "fbclid", "gclid", "igshid", "mc_cid", "mc_eid", "si")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def new_id() -> str:
+    """Unguessable (128 bits): a report link is shared, but ids must not be enumerable."""
+    return secrets.token_urlsafe(16)
+
+
+def new_task_id() -> str:
+    return uuid.uuid4().hex
+
+
+def normalize_url(url: str) -> str:
+    """The form used to recognise the same video: scheme and host lowercased, default port, fragment and tracking
+    parameters dropped, query parameters sorted. Assumes an http(s) URL that passed the URL policy."""
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    host = (parts.hostname or "").rstrip(".")
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if parts.port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
+    if parts.username is not None:
+        userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
+        netloc = f"{userinfo}@{netloc}"
+    query = sorted((k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+                   if not k.lower().startswith(_TRACKING))
+    return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", urllib.parse.urlencode(query), ""))
+
+
+def active_key(model: str, version: int, normalized_url: str) -> str:
+    return hashlib.sha256(f"{model}\0{version}\0{normalized_url}".encode()).hexdigest()
+
+
+# --- the gateway's side ------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Submission:
+    scan: Scan
+    outcome: Literal["cached", "joined", "created"]
+    """cached: a recent verdict answers it; joined: an identical scan is already queued or running; created: new."""
+
+
+def submit(session: Session, *, url: str, page_url: str | None, model: str, version: int, api_key_id: int | None,
+           cache_ttl_s: float) -> Submission:
+    """Answer from the cache, join the live scan of the same URL, or create a queued scan (published by the caller
+    after commit, with `scan.task_id`). Two statements: one lookup, one conflict-safe insert."""
+    normalized = normalize_url(url)
+    key = active_key(model, version, normalized)
+    wanted = [Scan.active_key == key]
+    if cache_ttl_s > 0:
+        since = utcnow() - dt.timedelta(seconds=cache_ttl_s)
+        wanted.append(and_(Scan.normalized_url == normalized, Scan.model == model, Scan.model_version == version,
+                           Scan.status == DONE, Scan.finished_at >= since))
+    found = session.scalars(select(Scan).where(or_(*wanted))).all()
+    done = sorted((s for s in found if s.status == DONE), key=lambda s: s.finished_at, reverse=True)
+    if done:
+        return Submission(done[0], "cached")
+    if live := next((s for s in found if s.active_key == key), None):
+        return Submission(live, "joined")
+    now = utcnow()
+    values = {"id": new_id(), "url": url.strip(), "normalized_url": normalized, "page_url": page_url, "model": model,
+              "model_version": version, "status": QUEUED, "active_key": key, "task_id": new_task_id(),
+              "attempts": 0, "api_key_id": api_key_id, "created_at": now, "enqueued_at": now}
+    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    table = Scan.__table__
+    created = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=["active_key"])
+                              .returning(table.c.id)).scalar_one_or_none()
+    if created is None:  # another request created the same live scan a moment ago
+        live = session.scalars(select(Scan).where(Scan.active_key == key)).first()
+        if live is not None:
+            return Submission(live, "joined")
+        raise IntegrityError("scan insert", values, Exception("conflict without a live scan"))
+    return Submission(Scan(**values), "created")
+
+
+def forget_unpublished(session: Session, scan_ids: list[str]) -> None:
+    """Scans created for a request whose tasks could not be sent: removed, so they block nobody."""
+    if scan_ids:
+        session.execute(update(BatchItem).where(BatchItem.scan_id.in_(scan_ids)).values(scan_id=None))
+        session.execute(delete(Scan).where(Scan.id.in_(scan_ids), Scan.status == QUEUED, Scan.attempts == 0))
+
+
+# --- the worker's side -------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Claim:
+    outcome: Literal["claimed", "busy", "gone"]
+    """claimed: run it; busy: a live delivery runs it now (retry later); gone: final, or owned by another message."""
+    attempts: int = 0
+    url: str = ""
+    model: str = ""
+    version: int = 0
+
+
+def claim(db_url: str, scan_id: str, task_id: str, worker: str, stale_after_s: float) -> Claim:
+    now = utcnow()
+    stale_before = now - dt.timedelta(seconds=stale_after_s)
+    with session_scope(db_url) as session:
+        taken = session.execute(
+            update(Scan)
+            .where(Scan.id == scan_id, Scan.task_id == task_id,
+                   or_(Scan.status == QUEUED,
+                       and_(Scan.status == RUNNING,
+                            or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before))))
+            .values(status=RUNNING, attempts=Scan.attempts + 1, worker=worker[:255], heartbeat_at=now,
+                    stage="fetch", fraction=0.0)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+        scan = session.get(Scan, scan_id)
+        if scan is None:
+            return Claim("gone")
+        if taken:
+            if scan.started_at is None:
+                scan.started_at = now
+            return Claim("claimed", scan.attempts, scan.url, scan.model, scan.model_version)
+        if scan.status == RUNNING and scan.task_id == task_id:
+            return Claim("busy")
+        return Claim("gone")
+
+
+def heartbeat(db_url: str, scan_id: str, task_id: str, stage: str | None = None, fraction: float | None = None) -> None:
+    values: dict = {"heartbeat_at": utcnow()}
+    if stage is not None:
+        values["stage"] = stage
+    if fraction is not None:
+        values["fraction"] = max(0.0, min(1.0, float(fraction)))
+    with session_scope(db_url) as session:
+        session.execute(update(Scan).where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+                        .values(**values).execution_options(synchronize_session=False))
+
+
+def find_by_content(db_url: str, scan_id: str, sha256: str, model: str, version: int, ttl_s: float) -> Scan | None:
+    """Record the downloaded video's hash on the scan, and return a recent verdict for the same bytes and model."""
+    with session_scope(db_url) as session:
+        session.execute(update(Scan).where(Scan.id == scan_id).values(sha256=sha256)
+                        .execution_options(synchronize_session=False))
+        if ttl_s <= 0:
+            return None
+        since = utcnow() - dt.timedelta(seconds=ttl_s)
+        return session.scalars(
+            select(Scan)
+            .where(Scan.sha256 == sha256, Scan.model == model, Scan.model_version == version, Scan.status == DONE,
+                   Scan.finished_at >= since, Scan.id != scan_id)
+            .order_by(Scan.finished_at.desc())
+            .limit(1)
+        ).first()
+
+
+def back_to_queue(db_url: str, scan_id: str, task_id: str) -> None:
+    """Before a retry: the scan waits again (same message id, so the retry may claim it)."""
+    with session_scope(db_url) as session:
+        session.execute(update(Scan).where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+                        .values(status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
+                        .execution_options(synchronize_session=False))
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(value):
+    """The document with NUL characters and lone surrogates replaced (a video title may hold them; PostgreSQL's
+    JSON cannot)."""
+    if isinstance(value, str):
+        return _UNSTORABLE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [storable(v) for v in value]
+    return value
+
+
+def finish(db_url: str, scan_id: str, document: dict, reused_from: str | None = None) -> bool:
+    """Store the verdict document; True when this call made the scan final (False: it already was)."""
+    document = storable(document)
+    status = DONE if document.get("status") == "done" else FAILED
+    verdict = document.get("verdict") or {}
+    error = document.get("error") or {}
+    sha256 = (document.get("source") or {}).get("sha256")
+    values = {"status": status, "result": document, "label": verdict.get("label"), "error_code": error.get("code"),
+              "finished_at": utcnow(), "active_key": None, "stage": None, "fraction": None,
+              "reused_from": reused_from}
+    if sha256:
+        values["sha256"] = sha256
+    with session_scope(db_url) as session:
+        return bool(session.execute(
+            update(Scan).where(Scan.id == scan_id, Scan.status.not_in(FINAL)).values(**values)
+            .execution_options(synchronize_session=False)).rowcount)
+
+
+# --- recovery ----------------------------------------------------------------------------------------------------
+
+
+def lost_scans(session: Session, *, stale_before: dt.datetime, queued_before: dt.datetime,
+               broker_lost_before: dt.datetime | None, limit: int = 500) -> list[tuple[str, str | None]]:
+    """(id, task_id) of scans whose message is probably gone: running without a heartbeat, queued for too long, or
+    queued before the broker lost its data."""
+    queued_cutoff = max(queued_before, broker_lost_before) if broker_lost_before else queued_before
+    rows = session.execute(
+        select(Scan.id, Scan.task_id)
+        .where(or_(and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
+                   and_(Scan.status == QUEUED, Scan.enqueued_at <= queued_cutoff)))
+        .order_by(Scan.created_at)
+        .limit(limit))
+    return [(row.id, row.task_id) for row in rows]
+
+
+def count_queued(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Scan).where(Scan.status == QUEUED)) or 0
+
+
+def reassign(session: Session, scan_id: str, old_task_id: str | None) -> str | None:
+    """Give the scan a new message id (the caller publishes it); None when someone else changed it first."""
+    new = new_task_id()
+    changed = session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.status.in_(ACTIVE),
+               Scan.task_id.is_(None) if old_task_id is None else Scan.task_id == old_task_id)
+        .values(task_id=new, status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)).rowcount
+    return new if changed else None

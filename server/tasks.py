@@ -1,0 +1,264 @@
+"""The Celery app and the scan task: at-least-once delivery made exactly-once in effect by the scan record.
+
+A delivery claims its scan (see `server.jobs`), runs the video pipeline, and stores the verdict document. It is safe
+to run twice: a finished scan is never redone, and a message that no longer owns its scan is dropped. Failures the
+document marks `retryable` are retried with exponential backoff; the attempt counter (deliveries that started,
+crashes included) ends a scan as `failed` once `max_attempts` is used up, so a video that kills workers cannot loop.
+
+The model is loaded and TF Serving channels are opened after the fork (`worker_process_init`), never at import:
+a TensorFlow model used before fork hangs the child.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
+
+from server import jobs
+from server.config import ServerSettings, get_settings
+
+log = logging.getLogger(__name__)
+
+TASK_NAME = "mesoscan.scan"
+_DOWNLOAD_STAGES = {"resolving", "downloading", "probing", "done"}
+
+
+def celery_config(settings: ServerSettings) -> dict:
+    redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    return {
+        "broker_url": settings.broker_url,
+        "result_backend": None,
+        "task_ignore_result": True,
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_default_queue": settings.queue,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "task_acks_on_failure_or_timeout": True,
+        "worker_prefetch_multiplier": settings.worker_prefetch,
+        "worker_concurrency": settings.worker_concurrency,
+        "task_soft_time_limit": settings.task_soft_time_limit_s,
+        "task_time_limit": settings.task_time_limit_s,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": 3,
+        "broker_transport_options": ({"visibility_timeout": settings.visibility_timeout_s, "socket_timeout": 5,
+                                      "socket_connect_timeout": 3, "retry_on_timeout": True} if redis else {}),
+        # An enqueue must fail fast (503) when the broker is down, not hang the request.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                      "interval_max": 0.5},
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
+        "worker_send_task_events": False,
+    }
+
+
+celery_app = Celery("mesoscan")
+_settings: ServerSettings | None = None
+
+
+def configure(settings: ServerSettings | None = None) -> Celery:
+    """Point the Celery app at `settings` (default: the environment); the gateway and the workers call this."""
+    global _settings
+    previous = _settings
+    _settings = settings or get_settings()
+    celery_app.conf.update(celery_config(_settings))
+    if previous is not None and previous.broker_url != _settings.broker_url:
+        # Connection pools are made on first use with the broker of that time: drop them.
+        celery_app._pool = None
+        celery_app.amqp._producer_pool = None
+    return celery_app
+
+
+def settings() -> ServerSettings:
+    if _settings is None:
+        configure()
+    assert _settings is not None
+    return _settings
+
+
+def publish(scan_id: str, task_id: str) -> None:
+    """Send one scan's task; raises kombu's OperationalError when the broker is unreachable."""
+    scan_task.apply_async(args=[scan_id], task_id=task_id, queue=settings().queue)
+
+
+# --- the scanners of this process ----------------------------------------------------------------------------------
+
+_scanners: dict[str, object] = {}
+_scanners_lock = threading.Lock()
+
+
+def get_scanner(model: str):
+    """This process's Scanner for `model`, made on first use (after the fork)."""
+    from scanner.pipeline import Scanner
+
+    with _scanners_lock:
+        if model not in _scanners:
+            _scanners[model] = Scanner(model=model)
+        return _scanners[model]
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_kwargs) -> None:
+    """In each new pool process: fresh database pools, then load the default model (or open its channel)."""
+    from server.db import forget_parent_engines
+    from serving.config import get_settings as serving_settings
+
+    forget_parent_engines()
+    model = serving_settings().model
+    try:
+        info = get_scanner(model).model_info()
+        log.info("worker process ready: %s v%s via %s", info["name"], info["version"], info["backend"])
+    except Exception as exc:  # scans report model_unavailable (and retry) until the backend is up
+        log.warning("worker process could not load model %s now: %s", model, exc)
+
+
+@signals.worker_process_shutdown.connect
+def _before_exit(**_kwargs) -> None:
+    for scanner in list(_scanners.values()):
+        try:
+            scanner.close()  # type: ignore[attr-defined]
+        except Exception as exc:
+            log.debug("closing a scanner: %s", exc)
+
+
+_recovery = None
+
+
+@signals.worker_ready.connect
+def _start_recovery(**_kwargs) -> None:
+    global _recovery
+    from server.recovery import Recovery
+
+    _recovery = Recovery(settings(), publish).start()
+
+
+@signals.worker_shutdown.connect
+def _stop_recovery(**_kwargs) -> None:
+    if _recovery is not None:
+        _recovery.stop()
+
+
+# --- the task ------------------------------------------------------------------------------------------------------
+
+
+class Progress:
+    """The pipeline's progress callback: writes stage and fraction to the scan record, at most twice a second
+    (stage changes at once); a thread keeps the heartbeat going through long silent stretches."""
+
+    def __init__(self, db_url: str, scan_id: str, task_id: str, heartbeat_s: float):
+        self.db_url, self.scan_id, self.task_id = db_url, scan_id, task_id
+        self.heartbeat_s = heartbeat_s
+        self.stage, self.fraction = "fetch", 0.0
+        self._written = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{scan_id}", daemon=True)
+
+    def __call__(self, stage: str, fraction: float | None) -> None:
+        stage = "fetch" if stage in _DOWNLOAD_STAGES else stage
+        with self._lock:
+            changed = stage != self.stage
+            self.stage = stage
+            if fraction is not None:
+                self.fraction = fraction
+            elif changed:
+                self.fraction = 0.0
+            if not changed and time.monotonic() - self._written < 0.5:
+                return
+            self._written = time.monotonic()
+            stage, fraction = self.stage, self.fraction
+        self._write(stage, fraction)
+
+    def _write(self, stage: str | None, fraction: float | None) -> None:
+        try:
+            jobs.heartbeat(self.db_url, self.scan_id, self.task_id, stage, fraction)
+        except Exception as exc:  # progress is best effort; the result write is not
+            log.warning("scan %s: progress not recorded: %s", self.scan_id, exc)
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            self._write(None, None)
+
+    def __enter__(self) -> Progress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _backoff(s: ServerSettings, attempt: int) -> float:
+    return min(s.retry_backoff_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
+
+
+def _failed(url: str, code: str, message: str) -> dict:
+    from scanner.verdict import failed_document
+
+    source = {"url": url, "title": None, "duration_s": None, "width": None, "height": None, "fps": None,
+              "sha256": None}
+    return failed_document(source=source, model=None, code=code, message=message, retryable=False)
+
+
+def _record_timings(s: ServerSettings, document: dict) -> None:
+    if not s.broker_url.startswith(("redis://", "rediss://")):
+        return
+    from server.health import redis_client
+    from server.metrics import record_stage_timings
+
+    try:
+        record_stage_timings(redis_client(s.broker_url), document.get("timings_ms") or {})
+    except Exception as exc:
+        log.info("stage timings not recorded: %s", exc)
+
+
+@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+                 max_retries=None)
+def scan_task(self, scan_id: str) -> str:
+    s = settings()
+    task_id = self.request.id
+    claim = jobs.claim(s.database_url, scan_id, task_id, self.request.hostname or "worker", s.stale_after_s)
+    if claim.outcome == "gone":
+        return "skipped"
+    if claim.outcome == "busy":  # a live delivery has it: look again once its heartbeat could have gone stale
+        raise self.retry(countdown=s.stale_after_s)
+    if claim.attempts > s.max_attempts:
+        jobs.finish(s.database_url, scan_id, _failed(
+            claim.url, "internal_error", f"gave up after {s.max_attempts} attempts: the scan kept crashing or "
+                                         "timing out its worker"))
+        return "failed"
+
+    reused: list[str] = []
+
+    def reuse(source: dict) -> dict | None:
+        sha = source.get("sha256")
+        if not sha:
+            return None
+        earlier = jobs.find_by_content(s.database_url, scan_id, sha, claim.model, claim.version, s.cache_ttl_s)
+        if earlier is None or earlier.result is None:
+            return None
+        reused.append(earlier.id)
+        return {**earlier.result, "source": source}
+
+    with Progress(s.database_url, scan_id, task_id, s.heartbeat_s) as progress:
+        try:
+            document = get_scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
+        except SoftTimeLimitExceeded:
+            document = _failed(claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s")
+        except Exception:
+            log.exception("scan %s crashed", scan_id)
+            document = _failed(claim.url, "internal_error", "the scan failed unexpectedly; it was logged")
+
+    error = document.get("error") or {}
+    if document.get("status") == "failed" and error.get("retryable") and claim.attempts < s.max_attempts:
+        log.info("scan %s: %s (attempt %d of %d), retrying", scan_id, error.get("code"), claim.attempts,
+                 s.max_attempts)
+        jobs.back_to_queue(s.database_url, scan_id, task_id)
+        raise self.retry(countdown=_backoff(s, claim.attempts))
+    if jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None) and not reused \
+            and document.get("status") == "done":
+        _record_timings(s, document)
+    return document.get("status", "failed")
