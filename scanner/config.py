@@ -44,6 +44,10 @@ class ScannerSettings(BaseSettings):
     crop_margin: float = Field(default=1.3, ge=1.0, le=3.0)
     """Square crop side as a multiple of the face box (the MesoNet authors used about 1.3)."""
 
+    compute_threads: int | None = Field(default=None, ge=1, le=256)
+    """Threads for decoding, TensorFlow and OpenCV in one scan (default: all cores). Workers running one scan per
+    process and one process per core scale best with 1."""
+
     # Verdict
     uncertain_band: float = Field(default=0.1, ge=0, le=0.5)
     """Scores within this distance of the model's threshold are labelled `uncertain`."""

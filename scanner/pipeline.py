@@ -21,6 +21,7 @@ import numpy as np
 
 from scanner.config import ScannerSettings, get_settings
 from scanner.errors import ModelUnavailableError, ScanError
+from scanner.threads import limit_threads
 from scanner.verdict import ScoredFace, build_document, failed_document
 
 Progress = Callable[[str, float], None]
@@ -55,6 +56,7 @@ class Scanner:
 
         with self._lock:
             if self._predictor is None:
+                limit_threads(self.settings.compute_threads)  # before TensorFlow runs anything here
                 try:
                     self._predictor = get_predictor(self._model, self._serving_settings)
                 except ServingError as exc:
@@ -169,7 +171,7 @@ class Scanner:
                 elif s.top_faces and entry[0] > keep[0][0]:
                     heapq.heapreplace(keep, entry)
 
-        with BackgroundFrames(path, s.frames, s.keyframes, index) as decoded:
+        with BackgroundFrames(path, s.frames, s.keyframes, index, threads=s.compute_threads) as decoded:
             for frame in decoded:
                 t0 = time.perf_counter()
                 detections, small = select_faces(detector.detect(frame.image), s.min_face_px)
@@ -202,13 +204,13 @@ class Scanner:
 class BackgroundFrames(AbstractContextManager, Iterator):
     """Sampled frames decoded by a thread a few frames ahead (bounded queue); leaving the block stops it."""
 
-    def __init__(self, path: Path, count: int, keyframes: bool, index, ahead: int = 4):
+    def __init__(self, path: Path, count: int, keyframes: bool, index, threads: int | None = None, ahead: int = 4):
         from scanner.video import sample_frames
 
         self.decode_ms = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
-        self._frames = sample_frames(path, count, keyframes, index)
+        self._frames = sample_frames(path, count, keyframes, index, threads=threads)
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     def _run(self) -> None:

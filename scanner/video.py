@@ -134,8 +134,10 @@ def _to_rgb(frame) -> np.ndarray:
 
 
 def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
-                  index: PacketIndex | None = None) -> Iterator[Frame]:
-    """Yield the sampled frames of `path` in presentation order, decoding only the packets they need."""
+                  index: PacketIndex | None = None, threads: int | None = None) -> Iterator[Frame]:
+    """Yield the sampled frames of `path` in presentation order, decoding only the packets they need.
+
+    `threads` caps the decoder's threads (default: FFmpeg's choice, about one per core)."""
     import av
 
     path = Path(path)
@@ -150,6 +152,8 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        if threads is not None:
+            stream.thread_count = threads
         codec = stream.codec_context
         if keyframes:
             codec.skip_frame = "NONKEY"

@@ -110,6 +110,7 @@ def test_services_reach_each_other_on_the_right_ports():
     from sqlalchemy.engine import make_url
 
     env = environment("worker")
+    assert env.pop("MESOSCAN_COMPUTE_THREADS") == "1"  # workers: one core per scan process
     assert env == environment("gateway")
     broker = make_url(env["MESOSCAN_BROKER_URL"].replace("redis://", "redis+x://"))
     assert (broker.host, broker.port or 6379) == ("redis", 6379)

@@ -78,6 +78,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--batch", type=int, default=50, help="clip URLs in the throughput batch (0: skip it)")
     parser.add_argument("--frames", type=int, default=16, help="MESOSCAN_FRAMES for the workers")
+    parser.add_argument("--compute-threads", type=int, default=1,
+                        help="MESOSCAN_COMPUTE_THREADS for the workers: 1 = one core per worker process, the "
+                             "throughput setting (0: the libraries' default, all cores)")
     parser.add_argument("--gateway-workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -104,7 +107,8 @@ def main() -> None:
             upgrade(db_url)
             with session_scope(db_url) as session:
                 key = create_key(session, "bench", rate_limit="100000000/minute").key
-            env = service_env(db_url, redis.url, MESOSCAN_FRAMES=str(args.frames), MESOSCAN_CACHE_TTL_S="0",
+            threads = {"MESOSCAN_COMPUTE_THREADS": str(args.compute_threads)} if args.compute_threads else {}
+            env = service_env(db_url, redis.url, MESOSCAN_FRAMES=str(args.frames), MESOSCAN_CACHE_TTL_S="0", **threads,
                               MESOSCAN_GATEWAY_WORKERS=str(args.gateway_workers),
                               MESOSCAN_READ_RATE_LIMIT="100000000/minute")
             gateway, base = start_gateway(env, work)
