@@ -116,16 +116,46 @@ def models_fetch(names: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.argument("names", nargs=-1, required=True)
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.argument("names", nargs=-1)
+@click.option("--all", "all_models", is_flag=True, help="Export every registered model.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Model base directory; each model goes to OUT/<name>/<version>/.")
-def export(names: tuple[str, ...], out_dir: Path) -> None:
-    """Export models as SavedModels in TF Serving's layout (signatures `serving_default` and `jpeg`)."""
-    from serving.export import export_model
+@click.option("--write-config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write TF Serving's models.config for these models (every registered one when none is named), "
+                   "e.g. serving/models.config.")
+@click.option("--base-path", default="/models", show_default=True,
+              help="The model base directory as TF Serving sees it (base_path prefix in the models config).")
+def export(names: tuple[str, ...], all_models: bool, out_dir: Path | None, config_file: Path | None,
+           base_path: str) -> None:
+    """Export models as SavedModels in TF Serving's layout (signatures `serving_default` and `jpeg`).
 
-    for name in names:
-        path = export_model(name, out_dir)
-        click.echo(f"{name}: {path}")
+    Export NAMES (or --all) to --out; and/or write TF Serving's models config with --write-config.
+    """
+    from serving.config import get_settings
+    from serving.registry import get_model, list_models
+
+    if names and all_models:
+        raise click.UsageError("give model NAMES or --all, not both")
+    if not (names or all_models or config_file):
+        raise click.UsageError("name the models to export (or --all), or give --write-config FILE")
+    if (names or all_models) and out_dir is None:
+        raise click.UsageError("--out DIR is required to export models")
+    settings = get_settings()
+    specs = [get_model(name, settings) for name in names] if names else list_models(settings)
+    if names or all_models:
+        from serving.export import export_model
+
+        for spec in specs:
+            path = export_model(spec.name, out_dir, settings)
+            click.echo(f"{spec.name}: {path}")
+    if config_file:
+        from serving.tfserving_config import render_models_config
+
+        config_file.parent.mkdir(parents=True, exist_ok=True)
+        staging = config_file.with_name(f".{config_file.name}.tmp")
+        staging.write_text(render_models_config(specs, base_path))
+        staging.replace(config_file)
+        click.echo(f"models config ({len(specs)} models): {config_file}")
 
 
 # --- predict ----------------------------------------------------------------------------------------------
@@ -168,19 +198,137 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
 @click.command()
 @click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
               help="A crops folder with labels.csv, or real/ and fake/ folders.")
-@click.option("--split", default=None, help="Only rows of labels.csv with this split (e.g. test).")
-@click.option("--model", "model_names", default=None, help="Comma-separated model names.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the metrics as JSON here.")
-def evaluate(data_dir: Path, split: str | None, model_names: str | None, out_file: Path | None) -> None:
-    """Crop-level accuracy and ROC AUC of one or more models on a labelled crops folder."""
+@click.option("--split", default=None,
+              help="Only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation split "
+                   "the models recorded when they were trained.")
+@click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
+@click.option("--tta", is_flag=True, help="Average each crop's score with that of the horizontally flipped crop.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write metrics.json, scores.csv, roc.png and hist_<model>.png into this directory.")
+def evaluate(data_dir: Path, split: str | None, model_names: str | None, tta: bool, out_dir: Path | None) -> None:
+    """Crop-level ROC AUC, equal error rate, accuracy and confusion counts of one or more models, side by side."""
     from serving.config import get_settings
     from serving.evaluate import evaluate_crops, format_table
 
     settings = get_settings()
     names = [n.strip() for n in (model_names or settings.model).split(",") if n.strip()]
-    metrics = evaluate_crops(data_dir, names, split=split, settings=settings)
+    metrics = evaluate_crops(data_dir, names, split=split, settings=settings, tta=tta, out_dir=out_dir)
     click.echo(format_table(metrics))
-    if out_file:
-        out_file.parent.mkdir(parents=True, exist_ok=True)
-        out_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    if out_dir:
+        click.echo(f"report: {out_dir}")
+
+
+# --- train ------------------------------------------------------------------------------------------------
+
+
+def _range(kind: type):
+    """A click callback parsing `LO-HI` (or one number) into a (lo, hi) tuple of `kind`."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return None
+        lo, _, hi = value.partition("-")
+        try:
+            bounds = (kind(lo), kind(hi or lo))
+        except ValueError:
+            raise click.BadParameter(f"expected LO-HI, e.g. 30-90, got {value!r}") from None
+        if bounds[0] > bounds[1]:
+            raise click.BadParameter(f"{value!r}: LO is above HI")
+        return bounds
+
+    return parse
+
+
+@click.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="Crops: labels.csv (filename,label[,cluster][,split]; rows of split `test` are never used) or "
+                   "real/ and fake/ folders.")
+@click.option("--name", required=True, help="Register the result as this model name.")
+@click.option("--arch", type=click.Choice(["meso4", "mesoinception4"]), default=None, help="Architecture to train.")
+@click.option("--ensemble", "members", default=None,
+              help="Instead of training: register NAME as the mean of these comma-separated trained models, its "
+                   "threshold chosen on their shared validation split of --data.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).")
+@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--batch-size", type=int, default=75, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Initial learning rate.")
+@click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default="step", show_default=True,
+              help="step: the paper's, divided by 10 every --step-every iterations down to --min-lr; "
+                   "cosine: cosine decay to --min-lr over the run.")
+@click.option("--step-every", type=int, default=1000, show_default=True)
+@click.option("--min-lr", "min_learning_rate", type=float, default=1e-6, show_default=True)
+@click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warm-up (cosine schedule).")
+@click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of clusters validated on.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--patience", type=int, default=10, show_default=True,
+              help="Stop after this many epochs without a better validation ROC AUC.")
+@click.option("--class-weight", type=click.Choice(["balanced", "none"]), default="balanced", show_default=True)
+@click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips.")
+@click.option("--rotation", type=float, default=15.0, show_default=True, help="Max rotation, degrees.")
+@click.option("--zoom", type=float, default=0.2, show_default=True, help="Max zoom in or out (fraction).")
+@click.option("--brightness", type=float, default=0.1, show_default=True, help="Max brightness shift (×255).")
+@click.option("--hue", type=float, default=0.05, show_default=True, help="Max hue rotation (fraction of circle).")
+@click.option("--blur-prob", type=float, default=0.0, show_default=True, help="Share of crops blurred.")
+@click.option("--blur-sigma", default="0.3-1.5", show_default=True, callback=_range(float),
+              help="Blur sigma range, pixels.")
+@click.option("--jpeg-prob", type=float, default=0.0, show_default=True, help="Share of crops JPEG re-compressed.")
+@click.option("--jpeg-quality", default="30-90", show_default=True, callback=_range(int),
+              help="JPEG re-compression quality range.")
+@click.option("--no-augment", is_flag=True, help="Turn every augmentation off.")
+@click.option("--mixed-precision", is_flag=True, help="Compute in bfloat16 (weights stay float32).")
+@click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
+@click.option("--limit", type=int, default=None, help="Use at most this many crops (whole clusters): quick trials.")
+@click.option("--description", default="", help="One line for the model card.")
+@click.option("--data-description", default=None,
+              help="What the crops are, for the card (default: the DFDC crops MesoScan develops with).")
+@click.option("--licence", default=None,
+              help="The trained weights' terms (default: DFDC's, non-commercial research only).")
+def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_dir: Path | None, epochs: int,
+          batch_size: int, learning_rate: float, schedule: str, step_every: int, min_learning_rate: float,
+          warmup_epochs: int, val_fraction: float, seed: int, patience: int, class_weight: str, flip: bool,
+          rotation: float, zoom: float, brightness: float, hue: float, blur_prob: float,
+          blur_sigma: tuple[float, float], jpeg_prob: float, jpeg_quality: tuple[int, int], no_augment: bool,
+          mixed_precision: bool, steps_per_epoch: int | None, limit: int | None, description: str,
+          data_description: str | None, licence: str | None) -> None:
+    """Train MesoNet on labelled face crops (validation split by cluster) and register the model as NAME.
+
+    Writes NAME.weights.h5, NAME.json (recipe, data, validation metrics, threshold at the equal error rate) and
+    NAME.md (model card). Re-running an interrupted command resumes it.
+    """
+    import shlex
+
+    from serving.config import get_settings
+
+    settings = get_settings()
+    invocation = shlex.join(sys.argv)
+    if members:
+        if arch:
+            raise click.UsageError("--ensemble combines trained models: leave out --arch")
+        from serving.train import register_ensemble
+
+        result = register_ensemble(name, [m.strip() for m in members.split(",") if m.strip()], data_dir, out_dir,
+                                   settings, description=description, progress=True, invocation=invocation)
+    else:
+        if not arch:
+            raise click.UsageError("--arch is required (or --ensemble MODELS)")
+        from serving.augment import AugmentConfig
+        from serving.train import TrainConfig
+        from serving.train import train as run_training
+
+        augment = AugmentConfig.none() if no_augment else AugmentConfig(
+            flip=flip, rotation=rotation, zoom=zoom, brightness=brightness, hue=hue, blur_prob=blur_prob,
+            blur_sigma=blur_sigma, jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality)
+        config = TrainConfig(
+            data_dir=data_dir, arch=arch, name=name, epochs=epochs, batch_size=batch_size,
+            learning_rate=learning_rate, schedule=schedule, step_every=step_every,
+            min_learning_rate=min_learning_rate, warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed,
+            patience=patience, class_weight=class_weight, augment=augment, mixed_precision=mixed_precision,
+            steps_per_epoch=steps_per_epoch, limit=limit, description=description,
+            **{k: v for k, v in {"data_description": data_description, "licence": licence}.items() if v})
+        result = run_training(config, out_dir, settings, progress=True, invocation=invocation)
+    meta, val = result.metadata, result.metadata["metrics"]["validation"]
+    click.echo(f"registered {meta['name']} v{meta['version']}: {result.metadata_path}")
+    click.echo(f"validation ({val['n']} crops): ROC AUC {val['roc_auc']:.4f}, EER {val['eer']:.4f}, "
+               f"accuracy {val['accuracy']:.4f} at threshold {meta['threshold']:.4f}"
+               + (f" (best epoch {val['best_epoch']})" if "best_epoch" in val else ""))

@@ -1,28 +1,32 @@
 """The model registry: every model MesoScan can score with, its weights, threshold, provenance and licence.
 
-Two kinds of entries:
+Three kinds of entries:
 
 * the authors' 2018 files (`meso4_df`, `meso4_f2f`, `mesoinception4_df`, `mesoinception4_f2f`), fetched from
   their upstream URL with a pinned sha256 (see `serving.fetch`);
 * models trained by MesoScan: `<name>.json` metadata beside `<name>.weights.h5` in `serving/weights/`
-  (committed, shipped with the package) or in `<models_dir>/trained/` (a user's own).
+  (committed, shipped with the package) or in `<models_dir>/trained/` (a user's own);
+* ensembles (`"kind": "ensemble"` in `<name>.json`, same folders): the mean fake probability of registered
+  single models (`members`, each pinned by its weights' sha256), with a threshold of their own. An ensemble
+  loads as one Keras model (`load_keras_model`), so it predicts and exports like any other model.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from serving.config import ServingSettings, get_settings
-from serving.errors import ModelFetchError, UnknownModelError
+from serving.errors import ModelFetchError, UnknownModelError, WeightsMismatchError
 
 if TYPE_CHECKING:
     from serving.mesonet import Arch, Output
 
 PACKAGED_WEIGHTS = Path(__file__).parent / "weights"
-WeightsFormat = Literal["keras2_h5", "keras3"]
+WeightsFormat = Literal["keras2_h5", "keras3", "ensemble"]
 
 AUTHORS_URL = "https://github.com/DariusAf/MesoNet/raw/master/weights/{filename}"
 AUTHORS_LICENCE = "Apache-2.0 (weights by the MesoNet authors; see models/mesonet/LICENSE and NOTICE)"
@@ -51,8 +55,9 @@ class WeightsFile:
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
-    arch: Arch
+    arch: Arch | Literal["ensemble"]
     weights: WeightsFile
+    """An ensemble's "weights file" is its own JSON; its sha256 is `ensemble_digest` of the members' pins."""
     weights_format: WeightsFormat
     output: Output
     threshold: float
@@ -63,6 +68,14 @@ class ModelSpec:
     description: str = ""
     metrics: dict = field(default_factory=dict, compare=False)
     card: Path | None = None
+    members: tuple[str, ...] = ()
+    """An ensemble's member model names (empty for a single model)."""
+    member_sha256: tuple[str, ...] = ()
+    """The sha256 of each member's weights when the ensemble was made (its threshold is only valid for those)."""
+
+    @property
+    def is_ensemble(self) -> bool:
+        return bool(self.members)
 
 
 def _authors(name: str, arch: Arch, filename: str, sha256: str, dataset: str) -> ModelSpec:
@@ -92,11 +105,37 @@ BUILTIN: tuple[ModelSpec, ...] = (
 )
 
 
+def ensemble_digest(members: tuple[str, ...], member_sha256: tuple[str, ...]) -> str:
+    """The identity of an ensemble's weights: sha256 over its members' names and weight pins, in order."""
+    text = "".join(f"{name}\0{sha}\n" for name, sha in zip(members, member_sha256, strict=True))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def trained_spec(metadata_path: Path) -> ModelSpec:
     """A registry entry from a trained model's `<name>.json` (written by `mesoscan train`)."""
     meta = json.loads(metadata_path.read_text())
-    weights = metadata_path.with_name(meta["weights"])
     card = metadata_path.with_suffix(".md")
+    if meta.get("kind") == "ensemble":
+        members = tuple(m["name"] for m in meta["members"])
+        pins = tuple(m["sha256"] for m in meta["members"])
+        return ModelSpec(
+            name=meta["name"],
+            arch="ensemble",
+            weights=WeightsFile("trained", metadata_path.name, ensemble_digest(members, pins),
+                                packaged_path=metadata_path),
+            weights_format="ensemble",
+            output="p_fake",
+            threshold=float(meta["threshold"]),
+            version=int(meta["version"]),
+            provenance=meta["provenance"],
+            licence=meta["licence"],
+            description=meta.get("description", ""),
+            metrics=meta.get("metrics", {}),
+            card=card if card.exists() else None,
+            members=members,
+            member_sha256=pins,
+        )
+    weights = metadata_path.with_name(meta["weights"])
     return ModelSpec(
         name=meta["name"],
         arch=meta["arch"],
@@ -137,7 +176,34 @@ def get_model(name: str, settings: ServingSettings | None = None) -> ModelSpec:
 
 
 def is_installed(spec: ModelSpec, settings: ServingSettings | None = None) -> bool:
-    return spec.weights.local_path(settings or get_settings()).is_file()
+    settings = settings or get_settings()
+    if spec.is_ensemble:
+        try:
+            return all(is_installed(member, settings) for member in ensemble_members(spec, settings))
+        except (UnknownModelError, WeightsMismatchError):
+            return False
+    return spec.weights.local_path(settings).is_file()
+
+
+def ensemble_members(spec: ModelSpec, settings: ServingSettings | None = None) -> list[ModelSpec]:
+    """The member specs of ensemble `spec`, each checked against the weights pinned when the ensemble was made."""
+    settings = settings or get_settings()
+    members = []
+    for name, pinned in zip(spec.members, spec.member_sha256, strict=True):
+        try:
+            member = get_model(name, settings)
+        except UnknownModelError:
+            raise UnknownModelError(f"ensemble {spec.name!r}: member model {name!r} is not registered") from None
+        if member.is_ensemble:
+            raise WeightsMismatchError(f"ensemble {spec.name!r}: member {name!r} is an ensemble itself; "
+                                       "members must be single models")
+        if member.weights.sha256 != pinned:
+            raise WeightsMismatchError(
+                f"ensemble {spec.name!r}: member {name!r} (v{member.version}) has other weights than when the "
+                f"ensemble was made (sha256 {member.weights.sha256[:12]}…, pinned {pinned[:12]}…); register the "
+                "ensemble again (`mesoscan train --ensemble ...`) so its threshold fits")
+        members.append(member)
+    return members
 
 
 def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> Path:
@@ -146,6 +212,10 @@ def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> 
 
     settings = settings or get_settings()
     path = spec.weights.local_path(settings)
+    if spec.is_ensemble:
+        for member in ensemble_members(spec, settings):
+            ensure_weights(member, settings)
+        return path
     if spec.weights.packaged_path is not None:
         if not path.is_file():
             raise ModelFetchError(f"{spec.name}: weight file {path} is missing from the installation")
@@ -154,10 +224,16 @@ def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> 
 
 
 def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
-    """Build `spec`'s architecture and fill it with its weights (fetching them when needed)."""
+    """Build `spec`'s architecture and fill it with its weights (fetching them when needed).
+
+    An ensemble becomes one model: its members side by side on the same input, their outputs averaged
+    (output layer `fake_probability`, [N]).
+    """
     from serving import mesonet
     from serving.keras2_weights import load_keras2_weights
 
+    if spec.is_ensemble:
+        return _ensemble_model(spec, settings or get_settings())
     path = ensure_weights(spec, settings)
     model = mesonet.build(spec.arch, spec.output)
     if spec.weights_format == "keras2_h5":
@@ -165,3 +241,17 @@ def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
     else:
         model.load_weights(path)
     return model
+
+
+def _ensemble_model(spec: ModelSpec, settings: ServingSettings):
+    import keras
+
+    from serving.mesonet import IMAGE_SIZE
+
+    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="images")
+    scores = []
+    for i, member in enumerate(ensemble_members(spec, settings)):
+        model = load_keras_model(member, settings)
+        scores.append(keras.Model(model.input, model.output, name=f"member_{i}_{member.name}")(images))
+    mean = keras.layers.Average(name="fake_probability")(scores) if len(scores) > 1 else scores[0]
+    return keras.Model(images, mean, name=f"ensemble_{spec.name}")

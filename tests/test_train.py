@@ -1,0 +1,364 @@
+"""Training end to end on a few dozen real crops: train → register → load → predict (→ export), reproducibility,
+ensembles, augmentation, and `mesoscan evaluate`'s report."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import importlib.util
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from serving.augment import AugmentConfig, Augmenter
+from serving.config import ServingSettings
+from serving.dataset import read_crops
+from serving.errors import InvalidInputError, WeightsMismatchError
+from serving.fetch import sha256_of
+from serving.images import load_face
+from serving.registry import get_model, is_installed, list_models, load_keras_model
+from serving.train import TrainConfig, learning_rate_schedule, register, register_ensemble, train, validation_crops
+from tests.conftest import CROPS_DIR, require_shared
+
+TINY = {"arch": "meso4", "epochs": 1, "batch_size": 8, "limit": 48, "val_fraction": 0.25, "seed": 11,
+        "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5)}
+
+
+@pytest.fixture(scope="module")
+def settings():
+    return ServingSettings()  # the test session's own models directory (conftest)
+
+
+@pytest.fixture(scope="module")
+def trained(settings):
+    """One tiny model trained through the Python API, one with the same settings through `mesoscan train`."""
+    from serving.cli import train as train_command
+
+    data = require_shared(CROPS_DIR)
+    first = train(TrainConfig(data_dir=data, name="tiny_a", **TINY), settings=settings, progress=False)
+    result = CliRunner().invoke(train_command, [
+        "--data", str(data), "--arch", "meso4", "--name", "tiny_b", "--epochs", "1", "--batch-size", "8",
+        "--limit", "48", "--val-fraction", "0.25", "--seed", "11", "--blur-prob", "0.5", "--jpeg-prob", "0.5"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "registered tiny_b v1" in result.output and "ROC AUC" in result.output
+    second = json.loads((settings.models_dir / "trained" / "tiny_b.json").read_text())
+    return first.metadata, second
+
+
+def _weights(path):
+    with h5py.File(path, "r") as f:
+        out = {}
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+        return out
+
+
+def test_the_registered_files_say_what_was_trained_and_how(trained, settings):
+    meta, _ = trained
+    folder = settings.models_dir / "trained"
+    weights = folder / "tiny_a.weights.h5"
+    assert (meta["name"], meta["arch"], meta["output"], meta["version"]) == ("tiny_a", "meso4", "p_fake", 1)
+    assert meta["weights"] == weights.name and meta["sha256"] == sha256_of(weights)
+    val = meta["metrics"]["validation"]
+    assert 0 <= val["roc_auc"] <= 1 and val["n"] == meta["data"]["validation"]["crops"] == 12
+    assert meta["threshold"] == val["threshold"] == val["eer_threshold"]
+    assert "equal error rate" in meta["threshold_rule"]
+    assert "non-commercial research" in meta["licence"].lower()
+    training = meta["training"]
+    assert training["seed"] == 11 and training["config"]["batch_size"] == 8 and training["epochs_run"] == 1
+    assert training["command"].startswith("mesoscan train --data ") and "--limit 48" in training["command"]
+    assert meta["data"]["train"]["crops"] == 36 and meta["data"]["split"]["by"] == "cluster"
+    card = (folder / "tiny_a.md").read_text()
+    for section in ("## Intended use", "## Data", "## Training", "## Validation metrics", "## Known failure modes",
+                    "## Terms", "non-commercial research", training["command"]):
+        assert section in card
+    assert not list((settings.models_dir / "runs").iterdir()), "the run folder is removed once registered"
+
+
+def test_validation_split_has_no_cluster_on_both_sides_and_no_test_rows(trained):
+    meta, _ = trained
+    split = meta["data"]["split"]
+    val = validation_crops(CROPS_DIR, split)
+    from serving.train import split_crops
+
+    train_crops, val_again = split_crops(CROPS_DIR, split["val_fraction"], split["seed"], split["limit"])
+    assert [c.path for c in val] == [c.path for c in val_again]
+    assert not {c.cluster for c in train_crops} & {c.cluster for c in val}
+    assert {c.split for c in train_crops + val} == {"train"}
+    with pytest.raises(InvalidInputError, match="validation split"):
+        validation_crops(CROPS_DIR, {**split, "val_clusters_sha256": "0" * 64})
+
+
+def test_same_seed_gives_the_same_split_and_the_same_weights(trained, settings):
+    a, b = trained
+    assert a["data"]["split"] == b["data"]["split"]
+    assert a["data"]["files_sha256"] == b["data"]["files_sha256"]
+    folder = settings.models_dir / "trained"
+    wa, wb = _weights(folder / "tiny_a.weights.h5"), _weights(folder / "tiny_b.weights.h5")
+    assert wa.keys() == wb.keys() and wa
+    for key in wa:
+        np.testing.assert_array_equal(wa[key], wb[key], err_msg=key)
+    assert a["threshold"] == b["threshold"]
+
+
+def test_a_trained_model_predicts_through_the_registry_and_the_embedded_backend(trained, settings):
+    from serving.predictor import get_predictor
+
+    spec = get_model("tiny_a", settings)
+    assert spec.weights_format == "keras3" and spec.card is not None and is_installed(spec, settings)
+    faces = np.stack([load_face(c.path) for c in read_crops(CROPS_DIR, split="test")[:6]])
+    with get_predictor("tiny_a", settings) as predictor:
+        assert predictor.backend == "embedded"
+        scores = predictor.predict(faces)
+    assert scores.shape == (6,) and scores.dtype == np.float32 and ((scores >= 0) & (scores <= 1)).all()
+    direct = load_keras_model(spec, settings).predict(faces, verbose=0)
+    np.testing.assert_allclose(scores, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_a_trained_model_exports_for_tf_serving(trained, settings, tmp_path):
+    if importlib.util.find_spec("serving.export") is None:
+        pytest.skip("serving.export is not in this checkout yet: the export step of train → export is not tested")
+    import tensorflow as tf
+
+    from serving.export import export_model
+    from serving.predictor import get_predictor
+
+    path = export_model("tiny_a", tmp_path, settings)
+    assert path == tmp_path / "tiny_a" / "1"
+    faces = np.stack([load_face(c.path) for c in read_crops(CROPS_DIR, split="test")[:4]])
+    served = tf.saved_model.load(str(path)).signatures["serving_default"](images=tf.constant(faces))
+    with get_predictor("tiny_a", settings) as predictor:
+        np.testing.assert_allclose(served["fake_probability"].numpy(), predictor.predict(faces), atol=1e-5)
+
+
+def test_registering_a_name_again_increments_its_version(trained, settings, tmp_path):
+    meta, _ = trained
+    folder = settings.models_dir / "trained"
+    for expected in (1, 2):
+        path = register(tmp_path, meta, weights_source=folder / "tiny_a.weights.h5")
+        assert json.loads(path.read_text())["version"] == expected
+    assert get_model("tiny_a", settings).version == 1  # the registered one is untouched
+
+
+def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, settings, tmp_path):
+    from serving.predictor import get_predictor
+
+    result = register_ensemble("tiny_ens", ["tiny_a", "tiny_b"], CROPS_DIR, settings=settings)
+    meta = result.metadata
+    assert meta["kind"] == "ensemble" and [m["name"] for m in meta["members"]] == ["tiny_a", "tiny_b"]
+    assert meta["metrics"]["validation"]["n"] == 12 and set(meta["metrics"]["members_validation"]) == {
+        "tiny_a", "tiny_b"}
+    assert "## Ensemble" in (settings.models_dir / "trained" / "tiny_ens.md").read_text()
+    spec = get_model("tiny_ens", settings)
+    assert spec.is_ensemble and spec.threshold == meta["threshold"] and is_installed(spec, settings)
+    assert "tiny_ens" in [s.name for s in list_models(settings)]
+
+    faces = np.stack([load_face(c.path) for c in read_crops(CROPS_DIR, split="test")[:5]])
+    with get_predictor("tiny_a", settings) as a, get_predictor("tiny_b", settings) as b:
+        expected = (a.predict(faces) + b.predict(faces)) / 2
+    with get_predictor("tiny_ens", settings) as ensemble:
+        np.testing.assert_allclose(ensemble.predict(faces), expected, rtol=1e-5, atol=1e-6)
+    if importlib.util.find_spec("serving.export") is not None:  # one SavedModel: TF Serving serves the mean itself
+        import tensorflow as tf
+
+        from serving.export import export_model
+
+        served = tf.saved_model.load(str(export_model("tiny_ens", tmp_path / "export", settings)))
+        scores = served.signatures["serving_default"](images=tf.constant(faces))["fake_probability"].numpy()
+        np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
+
+    with pytest.raises(InvalidInputError, match="at least two different"):
+        register_ensemble("bad", ["tiny_a", "tiny_a"], CROPS_DIR, settings=settings)
+    with pytest.raises(InvalidInputError, match="trained by `mesoscan train`"):
+        register_ensemble("bad", ["tiny_a", "meso4_df"], CROPS_DIR, settings=settings)
+
+    # a member retrained (other weights under the same name) invalidates the ensemble's threshold
+    other = ServingSettings(models_dir=tmp_path)
+    shutil.copytree(settings.models_dir / "trained", tmp_path / "trained")
+    model = load_keras_model(get_model("tiny_b", other), other)
+    model.get_layer("dense_2").bias.assign(model.get_layer("dense_2").bias + 1.0)
+    model.save_weights(tmp_path / "retrained.weights.h5")
+    b_meta = json.loads((tmp_path / "trained" / "tiny_b.json").read_text())
+    register(tmp_path / "trained", b_meta, weights_source=tmp_path / "retrained.weights.h5")
+    with pytest.raises(WeightsMismatchError, match="tiny_b"):
+        load_keras_model(get_model("tiny_ens", other), other)
+
+
+def test_evaluate_writes_metrics_pngs_and_scores_whose_auc_is_sklearns(trained, settings, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from serving.cli import evaluate as evaluate_command
+    from serving.predictor import get_predictor
+
+    folder = tmp_path / "crops"  # a handful of crops in the real/ and fake/ layout
+    for crop in read_crops(CROPS_DIR, split="test")[:12]:
+        target = folder / ("fake" if crop.fake else "real") / crop.path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(crop.path, target)
+    out = tmp_path / "report"
+    result = CliRunner().invoke(evaluate_command, ["--data", str(folder), "--model", "tiny_a,meso4_df",
+                                                   "--out", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "tiny_a" in result.output and "meso4_df" in result.output and "ROC AUC" in result.output
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"tiny_a", "meso4_df"}
+    for png in ("roc.png", "hist_tiny_a.png", "hist_meso4_df.png"):
+        with Image.open(out / png) as image:
+            assert image.format == "PNG" and image.width > 100
+    with (out / "scores.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 12
+    labels = np.array([r["label"] == "FAKE" for r in rows])
+    crops = read_crops(folder)
+    faces = np.stack([load_face(c.path) for c in crops])
+    for name, m in metrics.items():
+        scores = np.array([float(r[name]) for r in rows])
+        assert m["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-9)
+        assert m["n"] == 12 and 0 <= m["eer"] <= 1 and m["threshold"] == get_model(name, settings).threshold
+        assert m["accuracy"] == pytest.approx(np.mean((scores >= m["threshold"]) == labels))
+        with get_predictor(name, settings) as predictor:
+            np.testing.assert_allclose(scores, predictor.predict(faces), atol=2e-6)
+
+
+def test_evaluate_with_tta_and_on_the_recorded_validation_split(trained, settings):
+    from serving.evaluate import evaluate_crops, load_crops
+    from serving.predictor import get_predictor
+
+    meta, _ = trained
+    metrics = evaluate_crops(CROPS_DIR, ["tiny_a", "tiny_b"], split="val", settings=settings)
+    assert metrics["tiny_a"]["roc_auc"] == pytest.approx(meta["metrics"]["validation"]["roc_auc"], abs=1e-6)
+    assert metrics["tiny_a"]["n"] == 12
+    tta = evaluate_crops(CROPS_DIR, ["tiny_a"], split="val", settings=settings, tta=True)["tiny_a"]
+    faces = load_crops(validation_crops(CROPS_DIR, meta["data"]["split"]), settings)
+    labels = np.array([c.fake for c in validation_crops(CROPS_DIR, meta["data"]["split"])])
+    with get_predictor("tiny_a", settings) as predictor:
+        scores = (predictor.predict(faces) + predictor.predict(np.ascontiguousarray(faces[:, :, ::-1]))) / 2
+    from sklearn.metrics import roc_auc_score
+
+    assert tta["tta"] is True and tta["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
+    with pytest.raises(InvalidInputError, match="no recorded validation split"):
+        evaluate_crops(CROPS_DIR, ["meso4_df"], split="val", settings=settings)
+
+
+# --- pieces -----------------------------------------------------------------------------------------------
+
+
+def _faces(n=6):
+    return np.stack([load_face(c.path) for c in read_crops(CROPS_DIR, split="test")[:n]])
+
+
+def test_augmentation_is_reproducible_and_changes_the_faces():
+    faces = _faces()
+    full = AugmentConfig(blur_prob=0.5, jpeg_prob=0.5)
+    a, b = Augmenter(full, seed=1)(faces).numpy(), Augmenter(full, seed=1)(faces).numpy()
+    c = Augmenter(full, seed=2)(faces).numpy()
+    assert a.dtype == np.uint8 and a.shape == faces.shape
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    assert np.abs(a.astype(int) - faces).mean() > 5
+    np.testing.assert_array_equal(Augmenter(AugmentConfig.none(), 0)(faces).numpy(), faces)
+
+
+def test_flip_only_mirrors_exactly_and_jpeg_or_blur_only_keep_geometry():
+    faces = _faces(12)
+    flipped = Augmenter(dataclasses.replace(AugmentConfig.none(), flip=True), seed=4)(faces).numpy()
+    mirrored = [np.array_equal(f, x[:, ::-1]) for f, x in zip(flipped, faces, strict=True)]
+    same = [np.array_equal(f, x) for f, x in zip(flipped, faces, strict=True)]
+    assert all(m or s for m, s in zip(mirrored, same, strict=True)) and any(mirrored) and any(same)
+
+    blurred = Augmenter(dataclasses.replace(AugmentConfig.none(), blur_prob=1.0, blur_sigma=(1.5, 1.5)), 0)(faces)
+    sharpness = lambda x: np.abs(np.diff(x.astype(float), axis=2)).mean()  # noqa: E731
+    assert sharpness(blurred.numpy()) < 0.8 * sharpness(faces)
+    assert np.abs(blurred.numpy().astype(float).mean() - faces.mean()) < 1  # a blur keeps the brightness
+
+    jpeg = Augmenter(dataclasses.replace(AugmentConfig.none(), jpeg_prob=1.0, jpeg_quality=(10, 10)), 0)(faces)
+    diff = np.abs(jpeg.numpy().astype(int) - faces)
+    assert 1 < diff.mean() < 15
+
+
+def test_augment_settings_out_of_range_are_refused():
+    with pytest.raises(InvalidInputError, match="zoom"):
+        AugmentConfig(zoom=1.5)
+    with pytest.raises(InvalidInputError, match="jpeg_quality"):
+        AugmentConfig(jpeg_quality=(90, 30))
+
+
+def test_learning_rate_schedules():
+    step = learning_rate_schedule(TrainConfig(CROPS_DIR, "meso4", "x"), total_steps=10_000, steps_per_epoch=100)
+    assert [float(step(s)) for s in (0, 999, 1000, 2500, 3000, 9000)] == pytest.approx(
+        [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-6])
+    cosine = learning_rate_schedule(TrainConfig(CROPS_DIR, "meso4", "x", schedule="cosine", epochs=10,
+                                                warmup_epochs=1), total_steps=1000, steps_per_epoch=100)
+    assert float(cosine(0)) == pytest.approx(1e-6)
+    assert float(cosine(100)) == pytest.approx(1e-3)
+    assert float(cosine(550)) == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-2)
+    assert float(cosine(1000)) == pytest.approx(1e-6, rel=1e-3)
+
+
+def test_train_config_is_validated():
+    with pytest.raises(InvalidInputError, match="unknown architecture"):
+        TrainConfig(CROPS_DIR, "resnet", "x")
+    with pytest.raises(InvalidInputError, match="model name"):
+        TrainConfig(CROPS_DIR, "meso4", "../evil")
+
+
+def test_the_train_command_defaults_are_the_recipe_defaults():
+    from serving.cli import train as train_command
+
+    config, augment = TrainConfig(CROPS_DIR, "meso4", "x"), AugmentConfig()
+    for param in train_command.params:
+        name = param.name
+        if name in {"data_dir", "name", "arch", "members", "out_dir", "no_augment", "description", "data_description",
+                    "licence"}:
+            continue
+        expected = getattr(config, name) if hasattr(config, name) else getattr(augment, name)
+        default = param.process_value(click_context(train_command), param.default)
+        assert default == expected, name
+
+
+def click_context(command):
+    import click
+
+    return click.Context(command)
+
+
+def test_the_recorded_command_line_parses_back_to_the_same_settings():
+    import shlex
+
+    from serving.cli import train as train_command
+
+    config = TrainConfig(CROPS_DIR, "mesoinception4", "x", epochs=7, batch_size=32, learning_rate=3e-4,
+                         schedule="cosine", warmup_epochs=2, seed=5, class_weight="none", mixed_precision=True,
+                         limit=900, description="a try", licence="mine",
+                         augment=AugmentConfig(flip=False, rotation=5, jpeg_prob=0.25, jpeg_quality=(50, 95),
+                                               blur_prob=0.1, blur_sigma=(0.5, 1.0)))
+    args = shlex.split(config.command_line())
+    assert args[:2] == ["mesoscan", "train"]
+    params = train_command.make_context("train", args[2:]).params
+    for key, value in config.to_dict().items():
+        if key == "augment":
+            for a_key, a_value in value.items():
+                assert params[a_key] == (tuple(a_value) if isinstance(a_value, list) else a_value), a_key
+        elif key == "data_dir":
+            assert str(params[key]) == value
+        elif key == "data_description":
+            assert params[key] is None  # the default, so not spelled out
+        else:
+            assert params[key] == value, key
+
+
+def test_training_needs_both_classes_and_enough_crops(tmp_path):
+    settings = ServingSettings(models_dir=tmp_path / "models")
+    folder = tmp_path / "crops"
+    for i, crop in enumerate(read_crops(CROPS_DIR, split="test")[:6]):
+        target = folder / "real" / f"{i}.jpg"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(crop.path, target)
+    with pytest.raises(InvalidInputError, match="fewer than one batch"):
+        train(TrainConfig(folder, "meso4", "x", batch_size=75), settings=settings, progress=False)
+    with pytest.raises(InvalidInputError, match="both REAL and FAKE"):
+        train(TrainConfig(folder, "meso4", "x", batch_size=2), settings=settings, progress=False)
