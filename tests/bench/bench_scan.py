@@ -39,6 +39,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--compute-threads", type=int, default=None,
+                        help="MESOSCAN_COMPUTE_THREADS for the scan and the floor (default: the libraries' own)")
     parser.add_argument("--out", type=Path, default=Path("bench/results/scan.json"))
     args = parser.parse_args()
 
@@ -46,14 +48,15 @@ def main() -> None:
     staging = Path(tempfile.mkdtemp(prefix="bench-scan-"))
     rows = []
     with MediaServer(files={p.name: p for p in clips}) as server:
-        settings = ScannerSettings(frames=args.frames, temp_dir=staging, network_allowlist=[server.netloc])
+        settings = ScannerSettings(frames=args.frames, temp_dir=staging, network_allowlist=[server.netloc],
+                                   compute_threads=args.compute_threads)
         scanner = Scanner(settings)
         keyframe_scanner = Scanner(settings.model_copy(update={"keyframes": True}), predictor=scanner.predictor)
         scanner.scan_file(clips[0])  # warm up: model, detector, compiled functions
         for clip in clips:
             index = index_packets(clip)
-            floor, _ = median_ms(lambda c=clip, i=index: sum(1 for _ in sample_frames(c, args.frames, index=i)),
-                                 args.repeats)
+            floor, _ = median_ms(lambda c=clip, i=index: sum(1 for _ in sample_frames(
+                c, args.frames, index=i, threads=args.compute_threads)), args.repeats)
             scan_ms, doc = median_ms(lambda c=clip: scanner.scan_file(c), args.repeats)
             key_ms, key_doc = median_ms(lambda c=clip: keyframe_scanner.scan_file(c), args.repeats)
             url_ms, url_doc = median_ms(lambda c=clip: scanner.scan_url(server.url(f"/files/{c.name}")),
