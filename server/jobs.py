@@ -19,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Literal
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
@@ -94,7 +94,13 @@ def submit(session: Session, *, url: str, page_url: str | None, model: str, vers
     values = {"id": new_id(), "url": url.strip(), "normalized_url": normalized, "page_url": page_url, "model": model,
               "model_version": version, "status": QUEUED, "active_key": key, "task_id": new_task_id(),
               "attempts": 0, "api_key_id": api_key_id, "created_at": now, "enqueued_at": now}
-    insert = postgresql_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    postgresql = session.get_bind().dialect.name == "postgresql"
+    if postgresql:
+        # Enqueueing does not wait for the WAL flush (the commit's disk sync, the tail of enqueue latency): a
+        # database server crash could lose the last fraction of a second of queued scans, never a verdict (the
+        # worker's writes stay synchronous); their messages then find no record and are dropped.
+        session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    insert = postgresql_insert if postgresql else sqlite_insert
     table = Scan.__table__
     created = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=["active_key"])
                               .returning(table.c.id)).scalar_one_or_none()

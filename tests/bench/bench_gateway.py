@@ -74,7 +74,9 @@ def wrk(args: list[str]) -> tuple[dict, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
-    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--connections", type=int, default=8, help="wrk connections for the cached read")
+    parser.add_argument("--enqueue-connections", default="1,2,8",
+                        help="comma-separated wrk connection counts for the enqueue runs (one run each)")
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--batch", type=int, default=50, help="clip URLs in the throughput batch (0: skip it)")
     parser.add_argument("--frames", type=int, default=16, help="MESOSCAN_FRAMES for the workers")
@@ -120,7 +122,12 @@ def main() -> None:
             script = work / "post.lua"
             script.write_text(POST_SCRIPT.replace("KEY", key))
             load = [f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency"]
-            results["enqueue"], results["enqueue_cmd"] = wrk([*load, "-s", str(script), base])
+            results["enqueue"] = {}
+            for connections in [int(c) for c in args.enqueue_connections.split(",")]:
+                run = [f"-t{min(args.threads, connections)}", f"-c{connections}", f"-d{args.duration}s", "--latency"]
+                stats, cmd = wrk([*run, "-s", str(script), base])
+                results["enqueue"][f"{connections}_connections"] = stats | {
+                    "cmd": cmd.replace(key, "$KEY").replace(str(script), "post.lua")}
             # Those scans are never to run: drop their messages and their records before any worker starts.
             redis.client().delete("mesoscan.scans")
             with session_scope(db_url) as session:
@@ -162,8 +169,7 @@ def main() -> None:
             results["document_bytes"] = len(http.get(f"{base}/api/v1/scans/{done_id}").content)
             results["get_done"], results["get_done_cmd"] = wrk(
                 [*load, "-H", f"X-API-Key: {key}", f"{base}/api/v1/scans/{done_id}"])
-            for name in ("enqueue_cmd", "get_done_cmd"):
-                results[name] = results[name].replace(key, "$KEY").replace(str(script), "post.lua")
+            results["get_done_cmd"] = results["get_done_cmd"].replace(key, "$KEY")
     finally:
         for service in services:
             service.stop()
