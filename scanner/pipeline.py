@@ -131,26 +131,22 @@ class Scanner:
                                    retryable=exc.retryable, timings_ms=timings)
         return document
 
+    def faces(self, path: Path, index, progress: Progress | None = None) -> FaceStream:
+        """The faces of `path`'s sampled frames, frame by frame (`with scanner.faces(...) as stream: for faces in
+        stream: ...`), cropped exactly as scans score them; `index` is the video's packet index."""
+        return FaceStream(path, index, self.settings, self.detector, progress or _no_progress)
+
     def _analyze(self, path: Path, index, source: dict, model: dict, timings: dict[str, float],
                  progress: Progress, started: float) -> dict[str, Any]:
-        from scanner.faces import crop_face, select_faces
-        from scanner.tracking import FaceTracker
-        from scanner.video import choose_frames
         from serving.errors import InvalidInputError, ServingError
 
         s = self.settings
-        expected = len(choose_frames(index, s.frames, s.keyframes))
-        tracker = FaceTracker()
-        detector = self.detector
         spec = self.predictor.spec
         batch_size = self.predictor.settings.batch_size
-
-        frame_times: list[float] = []
         faces: list[ScoredFace] = []
         pending: list[tuple[ScoredFace, np.ndarray]] = []
         keep: list[tuple[float, int, np.ndarray]] = []  # min-heap of the most suspicious crops
-        skipped = 0
-        detect_ms = classify_ms = 0.0
+        classify_ms = 0.0
 
         def classify(batch: list[tuple[ScoredFace, np.ndarray]]) -> None:
             nonlocal classify_ms
@@ -171,18 +167,9 @@ class Scanner:
                 elif s.top_faces and entry[0] > keep[0][0]:
                     heapq.heapreplace(keep, entry)
 
-        with BackgroundFrames(path, s.frames, s.keyframes, index, threads=s.compute_threads) as decoded:
-            for frame in decoded:
-                t0 = time.perf_counter()
-                detections, small = select_faces(detector.detect(frame.image), s.min_face_px)
-                skipped += small
-                people = tracker.assign(frame.t, detections)
-                for detection, person in zip(detections, people, strict=True):
-                    crop = crop_face(frame.image, detection, s.crop_margin)
-                    pending.append((ScoredFace(frame.t, frame.index, person, crop.box, float("nan")), crop.image))
-                detect_ms += (time.perf_counter() - t0) * 1000
-                frame_times.append(frame.t)
-                progress("analyze", len(frame_times) / max(expected, 1))
+        with self.faces(path, index, progress) as stream:
+            for found in stream:
+                pending += found
                 if len(pending) >= batch_size:
                     classify(pending)
                     pending = []
@@ -194,11 +181,61 @@ class Scanner:
         kept_images = {key: crop for _, key, crop in keep}
         for face in faces:
             face.image = kept_images.get(id(face))
-        timings.update(decode=decoded.decode_ms, detect=detect_ms, classify=classify_ms,
+        timings.update(decode=stream.decode_ms, detect=stream.detect_ms, classify=classify_ms,
                        total=(time.perf_counter() - started) * 1000)
         return build_document(source=source, model=model, threshold=spec.threshold, band=s.uncertain_band,
-                              faces=faces, frame_times=frame_times, faces_skipped=skipped, keyframes=s.keyframes,
-                              top=s.top_faces, timings_ms=timings)
+                              faces=faces, frame_times=stream.frame_times, faces_skipped=stream.skipped,
+                              keyframes=s.keyframes, top=s.top_faces, timings_ms=timings)
+
+
+class FaceStream(AbstractContextManager):
+    """Sampled frames → faces found (BlazeFace), too-small ones skipped, people tracked, faces cropped for the model.
+
+    Iterating yields, for each sampled frame, its list of (ScoredFace without a score, 256×256 crop). Decoding runs
+    ahead in a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done.
+    """
+
+    def __init__(self, path: Path, index, settings: ScannerSettings, detector, progress: Progress):
+        from scanner.tracking import FaceTracker
+        from scanner.video import choose_frames
+
+        self.settings, self.detector, self.progress = settings, detector, progress
+        self.expected = len(choose_frames(index, settings.frames, settings.keyframes))
+        self.tracker = FaceTracker()
+        self.frame_times: list[float] = []
+        self.skipped = 0
+        self.detect_ms = 0.0
+        self._frames = BackgroundFrames(path, settings.frames, settings.keyframes, index,
+                                        threads=settings.compute_threads)
+
+    @property
+    def decode_ms(self) -> float:
+        return self._frames.decode_ms
+
+    def __enter__(self) -> FaceStream:
+        self._frames.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._frames.__exit__(*exc)
+
+    def __iter__(self) -> Iterator[list[tuple[ScoredFace, np.ndarray]]]:
+        from scanner.faces import crop_face, select_faces
+
+        s = self.settings
+        for frame in self._frames:
+            t0 = time.perf_counter()
+            detections, small = select_faces(self.detector.detect(frame.image), s.min_face_px)
+            self.skipped += small
+            people = self.tracker.assign(frame.t, detections)
+            found = []
+            for detection, person in zip(detections, people, strict=True):
+                crop = crop_face(frame.image, detection, s.crop_margin)
+                found.append((ScoredFace(frame.t, frame.index, person, crop.box, float("nan")), crop.image))
+            self.detect_ms += (time.perf_counter() - t0) * 1000
+            self.frame_times.append(frame.t)
+            self.progress("analyze", len(self.frame_times) / max(self.expected, 1))
+            yield found
 
 
 class BackgroundFrames(AbstractContextManager, Iterator):
