@@ -104,3 +104,71 @@ def scan(target: str, model_name: str | None, frames: int | None, keyframes: boo
         error = document["error"]
         click.echo(f"error [{error['code']}]: {error['message']}", err=True)
         sys.exit(1)
+
+
+@click.command("extract-faces")
+@click.argument("video_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Where to write faces/ and labels.csv (a training set for `mesoscan train --data`).")
+@click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Frames sampled per video (default 32).")
+@click.option("--keyframes", is_flag=True, default=None, help="Key frames only.")
+@click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
+              help="png keeps the crops exactly as scans score them.")
+def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes: bool | None,
+                  image_format: str) -> None:
+    """Build a training set from labelled videos (labels.csv, or real/ and fake/) with the scan's own face crops."""
+    from tqdm import tqdm
+
+    from scanner.config import ScannerSettings
+    from scanner.pipeline import Scanner
+    from scanner.videoset import extract_faces as extract
+    from scanner.videoset import read_videos
+
+    overrides = {k: v for k, v in {"frames": frames, "keyframes": keyframes}.items() if v is not None}
+    scanner = Scanner(ScannerSettings(**overrides))
+    total = len(read_videos(video_dir))
+    with tqdm(total=total, unit="video", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        def done(found) -> None:
+            bar.update(1)
+            if found.error:
+                click.echo(f"skipped {found.video.path.name}: [{found.error.code}] {found.error.message}", err=True)
+
+        labels = extract(video_dir, out_dir, scanner, image_format, on_video=done)
+    rows = labels.read_text().count("\n") - 1
+    click.echo(f"{rows} faces from {total} videos: {labels}")
+
+
+@click.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="Face crops (labels.csv or real/ and fake/ images): crop level. Labelled videos: video level, "
+                   "through the full pipeline.")
+@click.option("--split", default=None,
+              help="Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint "
+                   "validation split the models recorded when they were trained.")
+@click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
+@click.option("--tta", is_flag=True, help="Crops: average each score with that of the horizontally flipped crop.")
+@click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Write metrics.json, scores.csv, roc.png and hist_<model>.png (videos: also videos.json) here.")
+@click.pass_context
+def evaluate(ctx: click.Context, data_dir: Path, split: str | None, model_names: str | None, tta: bool,
+             frames: int | None, out_dir: Path | None) -> None:
+    """ROC AUC, equal error rate, accuracy and confusion counts of several models side by side, on face crops
+    (crop level) or on labelled videos (video level: the scan's verdict per video)."""
+    from scanner.videoset import is_video_folder
+
+    if not is_video_folder(data_dir):
+        from serving.cli import evaluate as evaluate_crops
+
+        ctx.invoke(evaluate_crops, data_dir=data_dir, split=split, model_names=model_names, tta=tta, out_dir=out_dir)
+        return
+    from scanner.config import ScannerSettings
+    from scanner.videoset import evaluate_videos, format_video_table
+    from serving.config import get_settings
+
+    names = [n.strip() for n in (model_names or get_settings().model).split(",") if n.strip()]
+    settings = ScannerSettings(**({"frames": frames} if frames else {}))
+    metrics, rows = evaluate_videos(data_dir, names, settings, out_dir)
+    click.echo(format_video_table(metrics, rows))
+    if out_dir:
+        click.echo(f"report: {out_dir}")

@@ -16,7 +16,7 @@ import threading
 NOISE = re.compile(
     rb"^(WARNING: All log messages before absl::InitializeLog|[IE]0000 \S+ +\d+ "
     rb"(port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_executor|cuda_diagnostics)\.cc:"
-    rb"|To enable the following instructions: )"
+    rb"|To enable the following instructions: |INFO: Created TensorFlow Lite XNNPACK delegate for CPU)"
 )
 
 
