@@ -38,9 +38,10 @@ class ServingSettings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     retries: int = Field(default=3, ge=0, le=10)
     """Retries of a download, or of a model server call that found the server unavailable (gRPC: at most 4)."""
-    retry_backoff_s: float = Field(default=0.25, gt=0, le=10)
+    model_retry_backoff_s: float = Field(default=0.25, gt=0, le=10)
     """Model server calls: the pause between retries; it doubles with each further retry, up to 8 times this."""
-    download_timeout_s: float = Field(default=30.0, gt=0)
+    models_timeout_s: float = Field(default=30.0, gt=0)
+    """Socket timeout when fetching model files."""
     jpeg_quality: int = Field(default=95, ge=50, le=100)
     """Quality of the JPEG crops the REST backend sends."""
     rest_image_format: Literal["jpeg", "png"] = "jpeg"

@@ -48,7 +48,7 @@ def candidate_sources(group: str, filename: str, url: str | None, mirror: str | 
 
 def _copy_to(source: str, target: Path, settings: ServingSettings) -> None:
     if source.startswith(("http://", "https://")):
-        with _session(settings.retries).get(source, stream=True, timeout=settings.download_timeout_s) as r:
+        with _session(settings.retries).get(source, stream=True, timeout=settings.models_timeout_s) as r:
             if r.status_code != 200:
                 raise OSError(f"HTTP {r.status_code}")
             with target.open("wb") as f:

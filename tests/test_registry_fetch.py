@@ -89,7 +89,7 @@ def test_wrong_hash_names_the_file_and_keeps_nothing(tmp_path):
 
 
 def test_missing_file_and_no_network_say_what_to_do(tmp_path, models_http):
-    settings = ServingSettings(models_dir=tmp_path, models_mirror=models_http, retries=0, download_timeout_s=5)
+    settings = ServingSettings(models_dir=tmp_path, models_mirror=models_http, retries=0, models_timeout_s=5)
     upstream = f"http://127.0.0.1:{closed_port()}/weights/Meso4_DF.h5"
     with pytest.raises(ModelFetchError) as info:
         fetch_file("mesonet", "Nope.h5", MESO4_DF.weights.sha256, upstream, settings)

@@ -208,7 +208,7 @@ def test_a_model_the_server_does_not_serve(server, faces, backend):
 def test_server_down_is_unavailable_after_retries_in_bounded_time(backend):
     closed = free_port()
     with remote(backend, (f"127.0.0.1:{closed}", f"http://127.0.0.1:{closed}"), retries=3,
-                retry_backoff_s=0.1, request_timeout_s=20) as predictor:
+                model_retry_backoff_s=0.1, request_timeout_s=20) as predictor:
         started = time.monotonic()
         with pytest.raises(ModelUnavailableError, match=f"127.0.0.1:{closed}") as caught:
             predictor.predict(np.zeros((2, 256, 256, 3), np.uint8))
@@ -234,7 +234,7 @@ def test_server_started_late_is_reached_by_the_retries(meso4_only, embedded, fac
     with late:
         late.wait_for(WAITING)  # models loaded, ports still closed
         predictors = {backend: remote(backend, (f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"),
-                                      retries=4, retry_backoff_s=1.0) for backend in BACKENDS}
+                                      retries=4, model_retry_backoff_s=1.0) for backend in BACKENDS}
         callers = [threading.Thread(target=lambda b=backend: outcome.update({b: catch_or_score(predictors[b], faces)}))
                    for backend in BACKENDS]
         for caller in callers:

@@ -215,3 +215,15 @@ def test_app_services_use_the_built_image_and_env_file(service):
     assert SERVICES[service]["build"]["context"] == "."
     assert SERVICES[service]["env_file"] == ".env"
     assert SERVICES[service]["image"] == SERVICES["gateway"]["image"]
+
+
+def test_no_two_settings_share_an_environment_variable():
+    """The three settings classes read one namespace (MESOSCAN_*): a shared name would set both at once."""
+    from collections import Counter
+
+    from scanner.config import ScannerSettings
+    from server.config import ServerSettings
+    from serving.config import ServingSettings
+
+    names = Counter(f for cls in (ServerSettings, ScannerSettings, ServingSettings) for f in cls.model_fields)
+    assert [name for name, count in names.items() if count > 1] == []

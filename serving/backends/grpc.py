@@ -48,8 +48,8 @@ def retry_service_config(settings: ServingSettings) -> dict:
     if settings.retries:
         config["methodConfig"][0]["retryPolicy"] = {
             "maxAttempts": min(settings.retries + 1, MAX_ATTEMPTS),
-            "initialBackoff": f"{settings.retry_backoff_s:.3f}s",
-            "maxBackoff": f"{settings.retry_backoff_s * 8:.3f}s",
+            "initialBackoff": f"{settings.model_retry_backoff_s:.3f}s",
+            "maxBackoff": f"{settings.model_retry_backoff_s * 8:.3f}s",
             "backoffMultiplier": 2,
             "retryableStatusCodes": ["UNAVAILABLE"],
         }
@@ -57,7 +57,7 @@ def retry_service_config(settings: ServingSettings) -> dict:
 
 
 def channel_options(settings: ServingSettings) -> list[tuple[str, int | str]]:
-    backoff_ms = max(1, round(settings.retry_backoff_s * 1000))
+    backoff_ms = max(1, round(settings.model_retry_backoff_s * 1000))
     return [
         # As TF Serving's own limits: a 64-face uint8 batch is 12.6 MB, far above gRPC's 4 MB default.
         ("grpc.max_send_message_length", INT32_MAX),

@@ -57,8 +57,8 @@ class RestPredictor(Predictor):
             # read=False re-raises it as it is, rather than as "max retries exceeded".
             retry = Retry(total=retries, connect=retries, status=retries, read=False, other=0,
                           status_forcelist=(503,), allowed_methods=frozenset({"GET", "POST"}),
-                          backoff_factor=self.settings.retry_backoff_s / 2,
-                          backoff_max=self.settings.retry_backoff_s * 8, raise_on_status=False)
+                          backoff_factor=self.settings.model_retry_backoff_s / 2,
+                          backoff_max=self.settings.model_retry_backoff_s * 8, raise_on_status=False)
             session = requests.Session()
             session.trust_env = False  # no proxy from the environment between a worker and its model server
             session.mount("http://", HTTPAdapter(max_retries=retry))
