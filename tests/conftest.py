@@ -10,7 +10,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+
+
+def _shared_dir() -> Path:
+    """The shared data: `MESOSCAN_SHARED_DIR`, else `../shared` beside the repository, else the parent of a
+    directory `MESOSCAN_MODELS_MIRROR` (laid out `<shared>/models`)."""
+    if os.environ.get("MESOSCAN_SHARED_DIR"):
+        return Path(os.environ["MESOSCAN_SHARED_DIR"]).resolve()
+    beside = ROOT.parent / "shared"
+    mirror = os.environ.get("MESOSCAN_MODELS_MIRROR", "")
+    if not beside.is_dir() and mirror and Path(mirror).is_dir():
+        return Path(mirror).resolve().parent
+    return beside
+
+
+SHARED = _shared_dir()
 MESONET_DIR = SHARED / "models" / "mesonet"
 CROPS_DIR = SHARED / "data" / "crops"
 VIDEOS_DIR = SHARED / "data" / "videos"

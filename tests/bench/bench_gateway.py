@@ -26,9 +26,10 @@ from pathlib import Path
 
 import requests
 
-ROOT = Path(__file__).resolve().parents[2]
-VIDEOS = ROOT.parent / "shared" / "data" / "videos"
-SHARED_MODELS = ROOT.parent / "shared" / "models"
+from tests.conftest import SHARED, VIDEOS_DIR
+
+VIDEOS = VIDEOS_DIR
+SHARED_MODELS = SHARED / "models"
 
 POST_SCRIPT = """
 local counter = 0
