@@ -115,40 +115,30 @@ def trained_spec(metadata_path: Path) -> ModelSpec:
     """A registry entry from a trained model's `<name>.json` (written by `mesoscan train`)."""
     meta = json.loads(metadata_path.read_text())
     card = metadata_path.with_suffix(".md")
+    common = {
+        "name": meta["name"],
+        "threshold": float(meta["threshold"]),
+        "version": int(meta["version"]),
+        "provenance": meta["provenance"],
+        "licence": meta["licence"],
+        "description": meta.get("description", ""),
+        "metrics": meta.get("metrics", {}),
+        "card": card if card.exists() else None,
+    }
     if meta.get("kind") == "ensemble":
         members = tuple(m["name"] for m in meta["members"])
         pins = tuple(m["sha256"] for m in meta["members"])
         return ModelSpec(
-            name=meta["name"],
             arch="ensemble",
             weights=WeightsFile("trained", metadata_path.name, ensemble_digest(members, pins),
                                 packaged_path=metadata_path),
-            weights_format="ensemble",
-            output="p_fake",
-            threshold=float(meta["threshold"]),
-            version=int(meta["version"]),
-            provenance=meta["provenance"],
-            licence=meta["licence"],
-            description=meta.get("description", ""),
-            metrics=meta.get("metrics", {}),
-            card=card if card.exists() else None,
-            members=members,
-            member_sha256=pins,
+            weights_format="ensemble", output="p_fake", members=members, member_sha256=pins, **common,
         )
     weights = metadata_path.with_name(meta["weights"])
     return ModelSpec(
-        name=meta["name"],
         arch=meta["arch"],
         weights=WeightsFile("trained", weights.name, meta["sha256"], packaged_path=weights),
-        weights_format="keras3",
-        output=meta.get("output", "p_fake"),
-        threshold=float(meta["threshold"]),
-        version=int(meta["version"]),
-        provenance=meta["provenance"],
-        licence=meta["licence"],
-        description=meta.get("description", ""),
-        metrics=meta.get("metrics", {}),
-        card=card if card.exists() else None,
+        weights_format="keras3", output=meta.get("output", "p_fake"), **common,
     )
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Fixtures of the test servers: media (clips, pages, HLS over HTTP) and the gateway stack (Redis, PostgreSQL, Celery).
+pytest_plugins = ["tests.support.media_server", "tests.support.server_stack"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

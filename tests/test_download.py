@@ -16,25 +16,12 @@ from scanner.config import ScannerSettings
 from scanner.download import DownloadedVideo, fetch_video, open_local_video
 from scanner.errors import ScanError
 from tests.conftest import VIDEOS_DIR
-from tests.support.media_server import media_assets, media_server_factory  # noqa: F401 - fixtures
 
 CLIP = "ffpp_004.mp4"  # 12.36 s, 1280x720, 25 fps, 181 kB
 
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-@pytest.fixture
-def server(media_server_factory):  # noqa: F811
-    return media_server_factory(stall_s=20)
-
-
-@pytest.fixture
-def staging(tmp_path) -> Path:
-    path = tmp_path / "staging"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -271,7 +258,7 @@ def test_urls_to_loopback_are_blocked(server, settings_for, staging, host):
 
 
 @pytest.fixture
-def server6(media_server_factory):  # noqa: F811
+def server6(media_server_factory):
     return media_server_factory(host="::1")
 
 
@@ -283,7 +270,7 @@ def test_url_to_ipv6_loopback_is_blocked(server6, settings_for, staging):
 
 
 @pytest.fixture
-def other(media_server_factory):  # noqa: F811
+def other(media_server_factory):
     """A second server on another loopback port: the target of redirects and embedded URLs."""
     return media_server_factory()
 
@@ -364,7 +351,7 @@ def test_open_local_video_probes_in_place():
     assert path.is_file()
 
 
-def test_open_local_video_errors(media_assets, tmp_path):  # noqa: F811
+def test_open_local_video_errors(media_assets, tmp_path):
     with pytest.raises(ScanError) as info, open_local_video(tmp_path / "missing.mp4", ScannerSettings()):
         pass
     assert info.value.code == "invalid_url"

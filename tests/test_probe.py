@@ -11,7 +11,6 @@ import pytest
 from scanner.errors import CorruptVideoError, NotAVideoError, TooLongError
 from scanner.probe import probe_video
 from tests.conftest import VIDEOS_DIR, require_shared
-from tests.support.media_server import media_assets  # noqa: F401 - fixture
 
 
 def labelled_clips() -> list[dict[str, str]]:
@@ -85,7 +84,7 @@ def test_to_dict_is_plain_data(made):
 
 
 @pytest.mark.parametrize("name", ["text.mp4", "audio.mp4"])
-def test_served_bad_files_are_not_videos(media_assets, name):  # noqa: F811
+def test_served_bad_files_are_not_videos(media_assets, name):
     with pytest.raises(NotAVideoError):
         probe_video(media_assets.files[name])
 
@@ -111,7 +110,7 @@ def test_files_listing_other_files_are_not_followed(made, tmp_path, name):
         probe_video(tmp_path / name)
 
 
-def test_truncated_file_is_corrupt(media_assets):  # noqa: F811
+def test_truncated_file_is_corrupt(media_assets):
     with pytest.raises(CorruptVideoError, match="mp4"):
         probe_video(media_assets.files["truncated.mp4"])
 

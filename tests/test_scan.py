@@ -18,7 +18,6 @@ from scanner.pipeline import Scanner
 from scanner.verdict import validate
 from serving.predictor import get_predictor
 from tests.conftest import VIDEOS_DIR, require_shared
-from tests.support.media_server import media_assets, media_server_factory  # noqa: F401 - fixtures
 
 CLIP = "ffpp_634.mp4"
 
@@ -27,18 +26,6 @@ CLIP = "ffpp_634.mp4"
 def predictor():
     with get_predictor("meso4_df") as p:
         yield p
-
-
-@pytest.fixture
-def server(media_server_factory):  # noqa: F811
-    return media_server_factory(stall_s=20)
-
-
-@pytest.fixture
-def staging(tmp_path) -> Path:
-    path = tmp_path / "staging"
-    path.mkdir()
-    return path
 
 
 @pytest.fixture
@@ -124,7 +111,7 @@ def test_blocked_urls(url, server, scanner_for):
     assert server.hits == {} or sum(server.hits.values()) == 0
 
 
-def test_redirect_to_loopback_is_blocked(server, media_server_factory, scanner_for):  # noqa: F811
+def test_redirect_to_loopback_is_blocked(server, media_server_factory, scanner_for):
     target = media_server_factory()
     doc = scanner_for(server).scan_url(server.url(f"/redirect?to={target.url('/files/' + CLIP)}"))
     assert doc["error"]["code"] == "blocked_address"

@@ -18,8 +18,6 @@ from server.db import session_scope
 from server.keys import create_key, hash_key, revoke_key
 from server.models import ApiKey, Batch, Scan
 
-pytest_plugins = ["tests.support.server_stack"]
-
 
 def free_port() -> int:
     from tests.support.server_stack import free_port

@@ -10,8 +10,6 @@ import requests
 
 from scanner.verdict import validate
 
-pytest_plugins = ["tests.support.server_stack"]
-
 pytestmark = pytest.mark.slow
 
 

@@ -13,8 +13,6 @@ from scanner.verdict import validate
 from server.db import session_scope
 from server.models import Scan
 
-pytest_plugins = ["tests.support.server_stack"]
-
 pytestmark = pytest.mark.slow
 
 

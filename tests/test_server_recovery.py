@@ -14,8 +14,6 @@ from server.db import session_scope, upgrade
 from server.models import Scan, utcnow
 from server.recovery import LOCK_KEY, MARKER_KEY, Recovery
 
-pytest_plugins = ["tests.support.server_stack"]
-
 
 @pytest.fixture
 def database(_models_env):

@@ -18,8 +18,6 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from server.db import session_scope
 from server.keys import create_key
 
-pytest_plugins = ["tests.support.server_stack"]
-
 pytestmark = pytest.mark.slow
 
 QUEUE = "mesoscan.fuzz"

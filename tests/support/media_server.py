@@ -363,3 +363,17 @@ def media_server_factory(media_assets) -> Iterator[Callable[..., MediaServer]]:
     yield make
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def server(media_server_factory) -> MediaServer:
+    """A media server on 127.0.0.1 whose stalling routes hang for 20 s."""
+    return media_server_factory(stall_s=20)
+
+
+@pytest.fixture
+def staging(tmp_path) -> Path:
+    """An empty directory to stage downloads in: tests check it is empty again afterwards."""
+    path = tmp_path / "staging"
+    path.mkdir()
+    return path

@@ -1,6 +1,6 @@
 """The gateway's test stack: a Redis of its own, a PostgreSQL database of its own, real gateway and worker processes.
 
-Use it from a test module with `pytest_plugins = ["tests.support.server_stack"]` (fixtures registered once, so one
+Registered for every test module by `tests/conftest.py` (`pytest_plugins`; fixtures registered once, so one
 stack serves every module of the run). Pieces:
 
 - `RedisServer`: `redis-server` on a free loopback port, in memory only (`--save '' --appendonly no`), so a restart
