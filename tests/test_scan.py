@@ -208,3 +208,19 @@ def test_ctrl_c_during_download_leaves_no_temp_files(server, tmp_path):
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
     assert list(staging.iterdir()) == []
+
+
+def test_compute_threads_caps_tensorflow_and_opencv(tmp_path):
+    """MESOSCAN_COMPUTE_THREADS=1 (the worker setting): one thread each for TensorFlow's pools and OpenCV."""
+    code = (
+        "import cv2, tensorflow as tf\n"
+        "from scanner.pipeline import Scanner\n"
+        f"doc = Scanner().scan_file({str(require_shared(VIDEOS_DIR / CLIP))!r})\n"
+        "assert doc['status'] == 'done', doc['error']\n"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads(), cv2.getNumThreads())\n"
+    )
+    env = {**os.environ, "MESOSCAN_COMPUTE_THREADS": "1", "MESOSCAN_FRAMES": "4"}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "1", "1"]
