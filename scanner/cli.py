@@ -144,7 +144,7 @@ def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes:
                    "through the full pipeline.")
 @click.option("--split", default=None,
               help="Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint "
-                   "validation split the models recorded when they were trained.")
+                   "validation split the trained models recorded (other models are scored on it too).")
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Crops: average each score with that of the horizontally flipped crop.")
 @click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video.")

@@ -200,7 +200,7 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
               help="A crops folder with labels.csv, or real/ and fake/ folders.")
 @click.option("--split", default=None,
               help="Only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation split "
-                   "the models recorded when they were trained.")
+                   "the trained models recorded (other models are scored on it too).")
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Average each crop's score with that of the horizontally flipped crop.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,

@@ -240,7 +240,10 @@ def test_evaluate_with_tta_and_on_the_recorded_validation_split(trained, setting
     from sklearn.metrics import roc_auc_score
 
     assert tta["tta"] is True and tta["roc_auc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-6)
-    with pytest.raises(InvalidInputError, match="no recorded validation split"):
+    beside = evaluate_crops(CROPS_DIR, ["tiny_a", "meso4_df"], split="val", settings=settings)
+    assert beside["meso4_df"]["n"] == beside["tiny_a"]["n"] == 12
+    assert beside["tiny_a"]["roc_auc"] == pytest.approx(metrics["tiny_a"]["roc_auc"], abs=1e-9)
+    with pytest.raises(InvalidInputError, match="has a recorded validation split"):
         evaluate_crops(CROPS_DIR, ["meso4_df"], split="val", settings=settings)
 
 
