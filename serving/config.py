@@ -29,7 +29,7 @@ class ServingSettings(BaseSettings):
     """Where fetched model files are stored (`<models_dir>/<group>/<file>`)."""
     models_mirror: str | None = None
     """A directory or an http(s) URL base laid out like `<mirror>/<group>/<file>`, tried before upstream."""
-    model: str = "meso4_df"
+    model: str = "meso4_dfdc"
     """The registry name used when a command is given no `--model`."""
     model_backend: Backend = "embedded"
     tfserving_url: str = "localhost:8500"
