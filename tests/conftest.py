@@ -31,6 +31,8 @@ SHARED = _shared_dir()
 MESONET_DIR = SHARED / "models" / "mesonet"
 CROPS_DIR = SHARED / "data" / "crops"
 VIDEOS_DIR = SHARED / "data" / "videos"
+DEFAULT_MODEL = "meso4_dfdc"
+"""The model scans use when none is named (checked against `ServingSettings` by a test)."""
 
 
 def _loopback(host: str) -> bool:

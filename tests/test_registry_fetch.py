@@ -19,7 +19,7 @@ from serving.config import ServingSettings
 from serving.errors import ModelFetchError, UnknownModelError
 from serving.fetch import fetch_file, sha256_of
 from serving.registry import BUILTIN, get_model, is_installed, list_models, load_keras_model
-from tests.conftest import SHARED, require_shared
+from tests.conftest import DEFAULT_MODEL, ROOT, SHARED, require_shared
 
 MESO4_DF = get_model("meso4_df", ServingSettings(models_dir=Path("/nonexistent")))
 
@@ -108,6 +108,22 @@ def test_scoring_with_a_model_that_is_not_installed_fetches_it(tmp_path):
     assert not is_installed(spec, settings)
     with get_predictor(spec.name, settings):
         assert is_installed(spec, settings)
+
+
+def test_the_default_model_ships_with_mesoscan_and_scores_offline(tmp_path):
+    """A fresh clone scans with no download: the default model's weights are in the package, pinned."""
+    from serving.images import load_face
+    from serving.predictor import get_predictor
+
+    assert ServingSettings.model_fields["model"].default == DEFAULT_MODEL
+    settings = ServingSettings(models_dir=tmp_path / "empty", models_mirror=None)
+    spec = get_model(DEFAULT_MODEL, settings)
+    assert spec.weights.packaged_path is not None and spec.weights.packaged_path.is_relative_to(ROOT / "serving")
+    assert sha256_of(spec.weights.packaged_path) == spec.weights.sha256 and is_installed(spec, settings)
+    face = load_face(sorted(require_shared(SHARED / "models" / "mesonet" / "test_images").rglob("*.jpg"))[0])
+    with get_predictor(DEFAULT_MODEL, settings) as predictor:
+        assert 0.0 <= float(predictor.predict(face[None])[0]) <= 1.0
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").rglob("*.h5"))
 
 
 def test_unknown_model():

@@ -389,7 +389,7 @@ def test_predict_command_agrees_with_embedded(server, embedded, backend):
     from serving.images import load_face
 
     files = sorted(require_shared(CROPS_DIR / "test").glob("*.jpg"))[1:30:7]
-    env = {**os.environ, "MESOSCAN_MODEL_BACKEND": backend,
+    env = {**os.environ, "MESOSCAN_MODEL_BACKEND": backend, "MESOSCAN_MODEL": "meso4_df",
            "MESOSCAN_TFSERVING_URL": server.grpc_target if backend == "tfserving-grpc" else server.rest_url}
     mesoscan = Path(sys.executable).with_name("mesoscan")
     result = subprocess.run([str(mesoscan), "predict", "--json", *map(str, files)],

@@ -9,6 +9,7 @@ import pytest
 import requests
 
 from scanner.verdict import validate
+from tests.conftest import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +46,7 @@ def test_a_clip_is_scanned_end_to_end(server_stack):
     document = scan["result"]
     validate(document)
     assert document["source"]["url"] == url and len(document["source"]["sha256"]) == 64
-    assert document["model"]["name"] == "meso4_df" and document["frames_sampled"] == 8
+    assert document["model"]["name"] == DEFAULT_MODEL and document["frames_sampled"] == 8
     assert document["verdict"]["label"] in ("fake", "real", "uncertain", "no_face")
     assert scan["attempts"] == 1 and scan["finished_at"] and scan["progress"] is None
     assert scan["reused_from"] is None and document["faces_analyzed"] > 0

@@ -12,6 +12,7 @@ import requests
 from scanner.verdict import validate
 from server.db import session_scope
 from server.models import Scan
+from tests.conftest import DEFAULT_MODEL
 
 pytestmark = pytest.mark.slow
 
@@ -158,7 +159,7 @@ def test_a_scan_that_keeps_crashing_workers_ends_failed(server_stack):
         stack.add_worker(f"w{len(stack.workers) + 1}")
     path = "/files/ffpp_519.mp4"
     with session_scope(stack.database_url) as session:
-        scan = jobs.submit(session, url=stack.media.url(path + "?crashy=1"), page_url=None, model="meso4_df",
+        scan = jobs.submit(session, url=stack.media.url(path + "?crashy=1"), page_url=None, model=DEFAULT_MODEL,
                            version=1, api_key_id=None, cache_ttl_s=0).scan
         row = session.get(Scan, scan.id)
         row.status, row.attempts, row.worker = "running", 3, "ghost@test"  # three deliveries crashed their worker
@@ -207,5 +208,5 @@ def test_models_load_after_the_fork_never_at_import(server_stack):
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
                    env=server_stack.env, timeout=60)
     logs = "\n".join(w.log(200_000) for w in server_stack.workers)
-    loaded = [line for line in logs.splitlines() if "worker process ready: meso4_df" in line]
+    loaded = [line for line in logs.splitlines() if f"worker process ready: {DEFAULT_MODEL}" in line]
     assert loaded and all("ForkPoolWorker" in line for line in loaded), loaded

@@ -13,6 +13,7 @@ from server.config import ServerSettings
 from server.db import session_scope, upgrade
 from server.models import Scan, utcnow
 from server.recovery import LOCK_KEY, MARKER_KEY, Recovery
+from tests.conftest import DEFAULT_MODEL
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def sweeper(database, redis_url):
 
 def new_scan(database, tag: str, **changes) -> Scan:
     with session_scope(database) as session:
-        scan = jobs.submit(session, url=f"http://127.0.0.1:9/{tag}", page_url=None, model="meso4_df", version=1,
+        scan = jobs.submit(session, url=f"http://127.0.0.1:9/{tag}", page_url=None, model=DEFAULT_MODEL, version=1,
                            api_key_id=None, cache_ttl_s=0).scan
     if changes:
         with session_scope(database) as session:
