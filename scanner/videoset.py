@@ -8,8 +8,10 @@ FAKE) or `real/` and `fake/` subfolders. A fake made from a real video belongs t
 from __future__ import annotations
 
 import csv
+import json
 import re
 from collections.abc import Callable
+from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -141,9 +143,10 @@ def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSe
                     ) -> tuple[dict[str, dict], list[dict]]:
     """Each model's video-level metrics on a labelled video folder, through the full pipeline.
 
-    Frames are decoded and faces found once; every model scores the same crops, and its verdict follows the scan's
-    rules (per-person mean, most suspicious person, the model's threshold). Videos without a face have no score:
-    they are counted (`no_face`) and left out of ROC AUC. Returns ({model: metrics}, per-video rows).
+    Each video's frames are decoded and its faces found once; every model (all loaded up front) scores the same
+    crops, which are dropped before the next video. A model's verdict follows the scan's rules (per-person mean,
+    most suspicious person, the model's threshold). Videos without a face have no score: they are counted
+    (`no_face`) and left out of ROC AUC. Returns ({model: metrics}, per-video rows).
     """
     from scanner.pipeline import Scanner
     from scanner.verdict import build_document
@@ -151,56 +154,51 @@ def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSe
     from serving.predictor import get_predictor
 
     settings = settings or ScannerSettings()
-    scanner = Scanner(settings)
-    collected = []
-    for video in read_videos(video_dir):
-        found = collect_faces(scanner, video)
-        collected.append(found)
-        if on_video:
-            on_video(found)
-    rows = [{"video": f.video.path.name, "label": "FAKE" if f.video.fake else "REAL", "faces": len(f.faces),
-             "error": f.error.code if f.error else None} for f in collected]
+    videos, rows = read_videos(video_dir), []
+    with ExitStack() as stack:
+        scanner = stack.enter_context(closing(Scanner(settings)))
+        predictors = {name: stack.enter_context(get_predictor(name)) for name in model_names}
+        for video in videos:
+            found = collect_faces(scanner, video)
+            if on_video:
+                on_video(found)
+            row = {"video": video.path.name, "label": "FAKE" if video.fake else "REAL", "faces": len(found.faces),
+                   "error": found.error.code if found.error else None}
+            faces = [face for face, _ in found.faces]
+            crops = np.stack([crop for _, crop in found.faces]) if faces else None
+            for name, predictor in predictors.items():
+                if crops is None:
+                    row[name] = {"fake_probability": None, "label": "failed" if found.error else "no_face"}
+                    continue
+                for face, score in zip(faces, predictor.predict(crops), strict=True):
+                    face.fake_probability = float(score)
+                verdict = build_document(source=found.source, model={"name": name, "version": predictor.spec.version},
+                                         threshold=predictor.spec.threshold, band=settings.uncertain_band,
+                                         faces=faces, frame_times=found.frame_times, faces_skipped=found.skipped,
+                                         keyframes=settings.keyframes, top=0, timings_ms={})["verdict"]
+                row[name] = {"fake_probability": verdict["fake_probability"], "label": verdict["label"]}
+            rows.append(row)
+        thresholds = {name: predictor.spec.threshold for name, predictor in predictors.items()}
+
+    judged = [i for i, r in enumerate(rows) if r["faces"]]
+    labels = np.array([videos[i].fake for i in judged])
     metrics: dict[str, dict] = {}
     scores: dict[str, np.ndarray] = {}
-    judged = [i for i, f in enumerate(collected) if f.faces]
     for name in model_names:
-        with get_predictor(name) as predictor:
-            spec = predictor.spec
-            for row, found in zip(rows, collected, strict=True):
-                if not found.faces:
-                    row[name] = {"fake_probability": None, "label": "no_face" if not found.error else "failed"}
-                    continue
-                faces = [face for face, _ in found.faces]
-                for face, score in zip(faces, predictor.predict(np.stack([c for _, c in found.faces])), strict=True):
-                    face.fake_probability = float(score)
-                doc = build_document(source=found.source, model={"name": name, "version": spec.version},
-                                     threshold=spec.threshold, band=settings.uncertain_band, faces=faces,
-                                     frame_times=found.frame_times, faces_skipped=found.skipped,
-                                     keyframes=settings.keyframes, top=0, timings_ms={})
-                row[name] = {"fake_probability": doc["verdict"]["fake_probability"], "label": doc["verdict"]["label"]}
-        labels = np.array([collected[i].video.fake for i in judged])
-        model_scores = np.array([rows[i][name]["fake_probability"] for i in judged], dtype=np.float64)
-        scores[name] = model_scores
-        m = score_metrics(labels, model_scores, spec.threshold) if judged else {"n": 0}
-        verdicts = [rows[i][name]["label"] for i in judged]
-        m |= {
-            "videos": len(collected),
-            "no_face": sum(1 for r in rows if r[name]["label"] == "no_face"),
-            "failed": sum(1 for r in rows if r[name]["label"] == "failed"),
+        scores[name] = np.array([rows[i][name]["fake_probability"] for i in judged], dtype=np.float64)
+        verdicts = [r[name]["label"] for r in rows]
+        fake = [v.fake for v in videos]
+        metrics[name] = (score_metrics(labels, scores[name], thresholds[name]) if judged else {"n": 0}) | {
+            "videos": len(rows),
+            "no_face": verdicts.count("no_face"),
+            "failed": verdicts.count("failed"),
             "uncertain": verdicts.count("uncertain"),
-            "fake_called_real": sum(1 for i in judged if collected[i].video.fake and rows[i][name]["label"] == "real"),
-            "real_called_fake": sum(1 for i in judged
-                                    if not collected[i].video.fake and rows[i][name]["label"] == "fake"),
+            "fake_called_real": sum(1 for f, v in zip(fake, verdicts, strict=True) if f and v == "real"),
+            "real_called_fake": sum(1 for f, v in zip(fake, verdicts, strict=True) if not f and v == "fake"),
         }
-        metrics[name] = m
     if out_dir is not None and judged:
-        write_report(Path(out_dir), [collected[i].video for i in judged], np.array([collected[i].video.fake
-                                                                                     for i in judged]),
-                     scores, metrics)
-        import json
-
+        write_report(Path(out_dir), [videos[i] for i in judged], labels, scores, metrics)
         (Path(out_dir) / "videos.json").write_text(json.dumps(rows, indent=2) + "\n")
-    scanner.close()
     return metrics, rows
 
 

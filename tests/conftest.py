@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import signal
 import socket
 from pathlib import Path
 
 import pytest
+
+from serving.config import ServingSettings
 
 # Fixtures of the test servers: media (clips, pages, HLS over HTTP) and the gateway stack (Redis, PostgreSQL, Celery).
 pytest_plugins = ["tests.support.media_server", "tests.support.server_stack"]
@@ -31,8 +34,8 @@ SHARED = _shared_dir()
 MESONET_DIR = SHARED / "models" / "mesonet"
 CROPS_DIR = SHARED / "data" / "crops"
 VIDEOS_DIR = SHARED / "data" / "videos"
-DEFAULT_MODEL = "meso4_dfdc"
-"""The model scans use when none is named (checked against `ServingSettings` by a test)."""
+DEFAULT_MODEL: str = ServingSettings.model_fields["model"].default
+"""The model scans use when none is named."""
 
 
 def _loopback(host: str) -> bool:
@@ -87,6 +90,16 @@ def _loopback_only():
     socket.socket.connect = _real_connect
     socket.socket.connect_ex = _real_connect_ex
     socket.getaddrinfo = _real_getaddrinfo
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sigint_as_on_a_terminal():
+    """Ctrl-C behaves as in a terminal even when the suite runs as a shell's background job, which starts with
+    SIGINT ignored: Python then installs no handler, `_thread.interrupt_main` does nothing and child processes
+    inherit the ignore. A handler set here is reset to the default in children at exec."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -198,9 +198,7 @@ def test_ctrl_c_during_download_leaves_no_temp_files(server, tmp_path):
     env = {**os.environ, "MESOSCAN_TEMP_DIR": str(staging), "MESOSCAN_NETWORK_ALLOWLIST": json.dumps([server.netloc])}
     process = subprocess.Popen([sys.executable, "-m", "serving", "scan",
                                 server.url("/drip/dfdc_lynaeydofd.mp4?chunk=65536&every=0.2")],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               # a shell's background job inherits SIGINT ignored; a user's terminal does not
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
     while not any(staging.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)
