@@ -8,7 +8,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := ffmpeg wrk
 PYTEST_ARGS ?=
 
-.PHONY: setup system test scan bench lint lock clean
+.PHONY: setup system test scan bench lint lock clean train train-status
 
 setup: system $(STAMP)
 
@@ -36,6 +36,26 @@ test: setup
 scan: setup
 	@[ -n "$(URL)" ] || { echo "usage: make scan URL=<video URL or file> [ARGS='--json']"; exit 2; }
 	$(BIN)/mesoscan scan "$(URL)" $(ARGS)
+
+# The long training runs of the shipped models: in the background, niced, on one core (TRAIN_CPUS=0,1 for two),
+# resumed from their last epoch by running the same target again. Logs: $(TRAIN_LOG).
+TRAIN_DATA ?= ../shared/data/crops
+TRAIN_CPUS ?= 1
+TRAIN_LOG ?= $(HOME)/.cache/mesoscan/train.log
+TRAIN_RECIPE := --schedule cosine --lr 1e-3 --warmup-epochs 1 --patience 1000 \
+  --jpeg-prob 0.2 --blur-prob 0.1 --downscale-prob 0.2 --out serving/weights
+train: setup
+	@mkdir -p $(dir $(TRAIN_LOG))
+	@if [ -f $(TRAIN_LOG).pid ] && kill -0 $$(cat $(TRAIN_LOG).pid) 2>/dev/null; then \
+	  echo "already running (see $(TRAIN_LOG))"; \
+	else threads=$$(echo $(TRAIN_CPUS) | tr , '\n' | wc -l); \
+	  TF_NUM_INTRAOP_THREADS=$$threads TF_NUM_INTEROP_THREADS=1 MESOSCAN_COMPUTE_THREADS=$$threads \
+	  nohup nice -n 19 taskset -c $(TRAIN_CPUS) $(BIN)/mesoscan train --data $(TRAIN_DATA) --arch meso4 \
+	    --name meso4_dfdc --epochs 60 $(TRAIN_RECIPE) >>$(TRAIN_LOG) 2>&1 </dev/null & echo $$! >$(TRAIN_LOG).pid; \
+	  echo "training in the background: tail -f $(TRAIN_LOG)"; fi
+
+train-status:
+	@grep -E "^Epoch|resuming|registered|val_auc" $(TRAIN_LOG) | tail -n 6
 
 # Benchmarks (not timed tests): medians printed as Markdown tables and written to bench/results/*.json.
 bench: setup

@@ -1,8 +1,8 @@
 """Training-time augmentation of uint8 face batches inside the `tf.data` input pipeline.
 
-The paper's augmentation (zoom, rotation, horizontal flip, brightness, hue) plus two that web video needs
-(Gaussian blur, JPEG re-compression). It runs as TensorFlow ops in `tf.data`, which feeds a model under any Keras
-backend; the model and the training loop stay Keras-only.
+The paper's augmentation (zoom, rotation, horizontal flip, brightness, hue) plus three that web video needs
+(Gaussian blur, downscale-then-upscale, JPEG re-compression). It runs as TensorFlow ops in `tf.data`, which feeds
+a model under any Keras backend; the model and the training loop stay Keras-only.
 
 Two choices keep it fast and reproducible on a small CPU:
 
@@ -39,6 +39,10 @@ class AugmentConfig:
     blur_prob: float = 0.0
     """Probability of a Gaussian blur per image, its sigma (pixels) drawn from `blur_sigma`."""
     blur_sigma: tuple[float, float] = (0.3, 1.5)
+    downscale_prob: float = 0.0
+    """Probability of shrinking an image to a fraction drawn from `downscale_factor` of its side (area filter) and
+    scaling it back up (bilinear): the lost detail of a video that was served at a lower resolution."""
+    downscale_factor: tuple[float, float] = (0.3, 0.8)
     jpeg_prob: float = 0.0
     """Probability of re-compressing an image as JPEG at a quality drawn from `jpeg_quality`."""
     jpeg_quality: tuple[int, int] = (30, 90)
@@ -47,6 +51,8 @@ class AugmentConfig:
         checks = {
             "rotation": 0 <= self.rotation <= 180, "zoom": 0 <= self.zoom < 1, "brightness": 0 <= self.brightness <= 1,
             "hue": 0 <= self.hue <= 0.5, "blur_prob": 0 <= self.blur_prob <= 1, "jpeg_prob": 0 <= self.jpeg_prob <= 1,
+            "downscale_prob": 0 <= self.downscale_prob <= 1,
+            "downscale_factor": 0.05 <= self.downscale_factor[0] <= self.downscale_factor[1] <= 1,
             "blur_sigma": 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 5,
             "jpeg_quality": 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100,
         }
@@ -57,7 +63,7 @@ class AugmentConfig:
 
     @classmethod
     def none(cls) -> AugmentConfig:
-        return cls(flip=False, rotation=0, zoom=0, brightness=0, hue=0, blur_prob=0, jpeg_prob=0)
+        return cls(flip=False, rotation=0, zoom=0, brightness=0, hue=0, blur_prob=0, downscale_prob=0, jpeg_prob=0)
 
     @property
     def enabled(self) -> bool:
@@ -117,6 +123,9 @@ class Augmenter:
         if c.blur_prob > 0:
             blur = uniform(0.0, 1.0) < c.blur_prob
             drawn["blur_sigma"] = tf.where(blur, uniform(*c.blur_sigma), 0.0)
+        if c.downscale_prob > 0:
+            shrink = uniform(0.0, 1.0) < c.downscale_prob
+            drawn["downscale"] = tf.where(shrink, uniform(*c.downscale_factor), 1.0)
         if c.jpeg_prob > 0:
             drawn["jpeg"] = uniform(0.0, 1.0) < c.jpeg_prob
             drawn["jpeg_quality"] = uniform(c.jpeg_quality[0], c.jpeg_quality[1] + 1, dtype=tf.int32)
@@ -135,6 +144,8 @@ class Augmenter:
             x = tf.einsum("bij,bhwj->bhwi", drawn["colour"], x) + drawn["offset"][:, None, None, None]
         if "blur_sigma" in drawn:
             x = _blur(x, drawn["blur_sigma"], radius=math.ceil(2 * self.config.blur_sigma[1]))
+        if "downscale" in drawn:
+            x = _downscale(x, drawn["downscale"])
         x = tf.cast(tf.clip_by_value(tf.round(x), 0, 255), tf.uint8)
         if "jpeg" in drawn:
             def recompress(args):
@@ -147,6 +158,24 @@ class Augmenter:
 
     def __call__(self, images):
         return self.apply(images, self.draw(images))
+
+
+def _downscale(x, factor):
+    """Each image shrunk to `factor` of its side and scaled back to its size (factor 1: unchanged)."""
+    import tensorflow as tf
+
+    size = tf.shape(x)[1:3]
+
+    def one(args):
+        image, f = args
+
+        def shrink():
+            small = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * f), tf.int32), 1)
+            return tf.image.resize(tf.image.resize(image, small, "area"), size, "bilinear")
+
+        return tf.cond(f < 1.0, shrink, lambda: image)
+
+    return tf.map_fn(one, (x, factor), fn_output_signature=tf.TensorSpec([None, None, 3], tf.float32))
 
 
 def _blur(x, sigma, radius: int):

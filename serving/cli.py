@@ -275,6 +275,10 @@ def _range(kind: type):
 @click.option("--jpeg-prob", type=float, default=0.0, show_default=True, help="Share of crops JPEG re-compressed.")
 @click.option("--jpeg-quality", default="30-90", show_default=True, callback=_range(int),
               help="JPEG re-compression quality range.")
+@click.option("--downscale-prob", type=float, default=0.0, show_default=True,
+              help="Share of crops shrunk and scaled back up (lost resolution).")
+@click.option("--downscale-factor", default="0.3-0.8", show_default=True, callback=_range(float),
+              help="Range of the shrunk side, as a fraction of the crop's.")
 @click.option("--no-augment", is_flag=True, help="Turn every augmentation off.")
 @click.option("--mixed-precision", is_flag=True, help="Compute in bfloat16 (weights stay float32).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
@@ -288,7 +292,8 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
           batch_size: int, learning_rate: float, schedule: str, step_every: int, min_learning_rate: float,
           warmup_epochs: int, val_fraction: float, seed: int, patience: int, class_weight: str, flip: bool,
           rotation: float, zoom: float, brightness: float, hue: float, blur_prob: float,
-          blur_sigma: tuple[float, float], jpeg_prob: float, jpeg_quality: tuple[int, int], no_augment: bool,
+          blur_sigma: tuple[float, float], jpeg_prob: float, jpeg_quality: tuple[int, int], downscale_prob: float,
+          downscale_factor: tuple[float, float], no_augment: bool,
           mixed_precision: bool, steps_per_epoch: int | None, limit: int | None, description: str,
           data_description: str | None, licence: str | None) -> None:
     """Train MesoNet on labelled face crops (validation split by cluster) and register the model as NAME.
@@ -318,7 +323,8 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
 
         augment = AugmentConfig.none() if no_augment else AugmentConfig(
             flip=flip, rotation=rotation, zoom=zoom, brightness=brightness, hue=hue, blur_prob=blur_prob,
-            blur_sigma=blur_sigma, jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality)
+            blur_sigma=blur_sigma, jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality,
+            downscale_prob=downscale_prob, downscale_factor=downscale_factor)
         config = TrainConfig(
             data_dir=data_dir, arch=arch, name=name, epochs=epochs, batch_size=batch_size,
             learning_rate=learning_rate, schedule=schedule, step_every=step_every,

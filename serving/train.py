@@ -29,6 +29,7 @@ from typing import Literal
 
 import numpy as np
 
+from serving import checkpoint
 from serving.augment import AugmentConfig
 from serving.config import ServingSettings, get_settings
 from serving.dataset import (
@@ -112,9 +113,15 @@ class TrainConfig:
         return d
 
     def run_key(self) -> str:
-        """Identifies the run's folder: everything but the wording of the card."""
-        d = {k: v for k, v in self.to_dict().items() if k not in {"data_description", "licence", "description"}}
-        d["data_dir"] = str(Path(self.data_dir).resolve())
+        """Identifies the run's folder: the settings that differ from their defaults, the card's wording aside (so
+        a setting added later, at its default, leaves the folders of runs under way as they are)."""
+        defaults = TrainConfig(data_dir=self.data_dir, arch=self.arch, name=self.name).to_dict()
+        d = {k: v for k, v in self.to_dict().items()
+             if k not in {"data_description", "licence", "description"} and v != defaults[k]}
+        default_augment = AugmentConfig().to_dict()
+        if "augment" in d:
+            d["augment"] = {k: v for k, v in d["augment"].items() if v != default_augment[k]}
+        d.update(arch=self.arch, name=self.name, data_dir=str(Path(self.data_dir).resolve()))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def command_line(self, out_dir: Path | None = None) -> str:
@@ -128,7 +135,9 @@ class TrainConfig:
                 "--flip" if a.flip else "--no-flip", "--rotation", a.rotation, "--zoom", a.zoom,
                 "--brightness", a.brightness, "--hue", a.hue, "--blur-prob", a.blur_prob,
                 "--blur-sigma", f"{a.blur_sigma[0]}-{a.blur_sigma[1]}", "--jpeg-prob", a.jpeg_prob,
-                "--jpeg-quality", f"{a.jpeg_quality[0]}-{a.jpeg_quality[1]}"]
+                "--jpeg-quality", f"{a.jpeg_quality[0]}-{a.jpeg_quality[1]}",
+                "--downscale-prob", a.downscale_prob,
+                "--downscale-factor", f"{a.downscale_factor[0]}-{a.downscale_factor[1]}"]
         if self.mixed_precision:
             args.append("--mixed-precision")
         if self.steps_per_epoch:
@@ -224,9 +233,17 @@ def _sha256(path: Path) -> str:
     return sha256_of(path)
 
 
-def train_dataset(data: TrainingData, batch_size: int, augment: AugmentConfig, seed: int,
+def epoch_order(n_train: int, steps: int, batch_size: int, seed: int, epoch: int) -> np.ndarray:
+    """The training crops of epoch `epoch`, in order: whole shuffles of all of them drawn from (seed, epoch)."""
+    rng = np.random.default_rng([seed, epoch])
+    need = steps * batch_size
+    return np.concatenate([rng.permutation(n_train) for _ in range(-(-need // n_train))])[:need]
+
+
+def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment: AugmentConfig, seed: int, epoch: int,
                   class_weight: ClassWeight):
-    """An endless, seeded tf.data stream of (uint8 images, labels, sample weights) training batches."""
+    """Epoch `epoch`'s `steps` batches of (uint8 images, labels, sample weights): order and augmentation are drawn
+    from (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen."""
     import tensorflow as tf
 
     from serving.augment import Augmenter
@@ -243,15 +260,16 @@ def train_dataset(data: TrainingData, batch_size: int, augment: AugmentConfig, s
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops and numpy: nothing for AutoGraph to rewrite
     def load(index):
-        images = tf.numpy_function(lambda i: faces[i], [index], tf.uint8, stateful=False)
+        images = tf.numpy_function(lambda i: faces[np.sort(i)][np.argsort(np.argsort(i))], [index], tf.uint8,
+                                   stateful=False)
         images.set_shape([None, *faces.shape[1:]])
         return images, tf.gather(label_table, index), tf.gather(weight_table, index)
 
-    ds = tf.data.Dataset.from_tensor_slices(data.train_index)
-    ds = ds.shuffle(data.n_train, seed=seed, reshuffle_each_iteration=True).repeat()
-    ds = ds.batch(batch_size, drop_remainder=True).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    order = epoch_order(data.n_train, steps, batch_size, seed, epoch)
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
     if augment.enabled:
-        augmenter = Augmenter(augment, seed)
+        augmenter = Augmenter(augment, seed * 1_000_003 + epoch)
         quiet = tf.autograph.experimental.do_not_convert
         ds = ds.map(quiet(lambda x, y, w: (x, augmenter.draw(x), y, w)))  # in order: the draws stay reproducible
         ds = ds.map(quiet(lambda x, d, y, w: (augmenter.apply(x, d), y, w)), num_parallel_calls=tf.data.AUTOTUNE)
@@ -299,40 +317,62 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int, steps_per_epoc
     return keras.optimizers.schedules.CosineDecay(lr, total_steps, alpha=floor / lr)
 
 
-def _best_checkpoint_callback(run_dir: Path, patience: int, monitor: str = "val_auc"):
+def _epoch_timer():
     import keras
 
-    class BestCheckpoint(keras.callbacks.Callback):
-        """Keeps the weights of the best epoch by `monitor`, stops after `patience` epochs without progress, and
-        times epochs. Its state lives in the run folder, so a resumed run (BackupAndRestore) goes on counting."""
-
-        def __init__(self):
-            super().__init__()
-            self.weights_path = run_dir / "best.weights.h5"
-            self.state_path = run_dir / "best.json"
-            self.state = {"best": -math.inf, "best_epoch": 0, "wait": 0}
-
-        def on_train_begin(self, logs=None):
-            if self.state_path.is_file() and self.weights_path.is_file():
-                self.state = json.loads(self.state_path.read_text())
-
+    class EpochTimer(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self._started = time.monotonic()
 
         def on_epoch_end(self, epoch, logs=None):
-            logs = logs if logs is not None else {}
-            logs["epoch_seconds"] = round(time.monotonic() - self._started, 1)
-            value = logs.get(monitor)
-            if value is not None and math.isfinite(value) and value > self.state["best"]:
-                self.model.save_weights(self.weights_path)
-                self.state = {"best": float(value), "best_epoch": epoch + 1, "wait": 0}
-            else:
-                self.state["wait"] += 1
-                if self.state["wait"] >= patience:
-                    self.model.stop_training = True
-            _write_atomic(self.state_path, json.dumps(self.state))
+            if logs is not None:
+                logs["epoch_seconds"] = round(time.monotonic() - self._started, 1)
 
-    return BestCheckpoint()
+    return EpochTimer()
+
+
+def fit(model, data: TrainingData, config: TrainConfig, steps_per_epoch: int, run_dir: Path,
+        progress: bool = True, stop_after: int | None = None) -> checkpoint.Checkpoint:
+    """Train `model` (compiled) epoch by epoch from the run folder's checkpoint, if any, and checkpoint every
+    epoch. Returns the final state; `stop_after` ends the process' share after that many epochs (tests)."""
+    import keras
+
+    path = run_dir / "checkpoint.npz"
+    model.optimizer.build(model.trainable_variables)
+    if path.is_file():
+        ckpt = checkpoint.restore(path, model)
+        if progress and ckpt.state.epochs_done:
+            print(f"resuming {config.name} after epoch {ckpt.state.epochs_done} of {config.epochs} ({path})",
+                  flush=True)
+    else:
+        ckpt = checkpoint.Checkpoint(checkpoint.LoopState(), None)
+    state = ckpt.state
+    validation = eval_dataset(data.faces, data.val_index, data.labels[data.val_index], config.batch_size)
+    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+    done_here = 0
+    while state.epochs_done < config.epochs and state.wait < config.patience:
+        if stop_after is not None and done_here >= stop_after:
+            break
+        epoch = state.epochs_done
+        batches = epoch_dataset(data, config.batch_size, steps_per_epoch, config.augment, config.seed, epoch,
+                                config.class_weight)
+        history = model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps_per_epoch,
+                            validation_data=validation, shuffle=False, verbose=verbose,
+                            callbacks=[_epoch_timer(), keras.callbacks.TerminateOnNaN()])
+        if model.stop_training:  # TerminateOnNaN: keep the last good checkpoint
+            raise InvalidInputError(f"training diverged at epoch {epoch + 1} (loss is NaN)")
+        logs = {k: round(float(v[-1]), 6) for k, v in history.history.items()}
+        value = logs.get("val_auc")
+        if value is not None and math.isfinite(value) and value > state.best:
+            state.best, state.best_epoch, state.wait = float(value), epoch + 1, 0
+            ckpt.best_weights = [np.asarray(w) for w in model.get_weights()]
+        else:
+            state.wait += 1
+        state.epochs_done = epoch + 1
+        state.history.append({"epoch": epoch + 1, **logs})
+        checkpoint.save(path, model, state, ckpt.best_weights)
+        done_here += 1
+    return ckpt
 
 
 @dataclass
@@ -342,9 +382,10 @@ class TrainResult:
 
 
 def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSettings | None = None,
-          progress: bool = True, invocation: str | None = None) -> TrainResult:
+          progress: bool = True, invocation: str | None = None, stop_after: int | None = None) -> TrainResult | None:
     """Train `config.arch` on `config.data_dir` and register it as `config.name` in `out_dir`
-    (default `<models_dir>/trained/`). Returns the written `<name>.json` and its content."""
+    (default `<models_dir>/trained/`). Returns the written `<name>.json` and its content, or None when
+    `stop_after` epochs ran in this call and the run is not finished (the next call resumes it)."""
     import keras
 
     from serving import mesonet
@@ -369,28 +410,20 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
     model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy",
                   metrics=[keras.metrics.AUC(num_thresholds=1000, name="auc")])
 
-    batches = train_dataset(data, config.batch_size, config.augment, config.seed, config.class_weight)
-    validation = eval_dataset(data.faces, data.val_index, data.labels[data.val_index], config.batch_size)
-
     run_dir = settings.models_dir / "runs" / f"{config.name}-{config.run_key()}"
-    if not (run_dir / "backup").is_dir():  # nothing to resume: leftovers of a finished or unstarted run go
-        shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    best = _best_checkpoint_callback(run_dir, config.patience)
-    callbacks = [best, keras.callbacks.TerminateOnNaN(),
-                 keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-                 keras.callbacks.BackupAndRestore(str(run_dir / "backup"))]
-    model.fit(batches, epochs=config.epochs, steps_per_epoch=steps_per_epoch, validation_data=validation,
-              callbacks=callbacks, shuffle=False, verbose=(1 if sys.stdout.isatty() else 2) if progress else 0)
-    if not best.weights_path.is_file():
+    ckpt = fit(model, data, config, steps_per_epoch, run_dir, progress, stop_after)
+    if ckpt.state.epochs_done < config.epochs and ckpt.state.wait < config.patience:
+        return None  # stopped on request: the run folder keeps the checkpoint
+    if ckpt.best_weights is None:
         raise InvalidInputError("training produced no usable epoch (validation ROC AUC never finite)")
 
     final = mesonet.build(config.arch, "p_fake")  # float32, as every backend will run it
-    final.load_weights(best.weights_path)
+    final.set_weights(ckpt.best_weights)
     val_scores = predict_faces(final, data.faces, data.val_index, config.batch_size)
     metrics = threshold_metrics(data.labels[data.val_index], val_scores)
-    metrics["best_epoch"] = best.state["best_epoch"]
-    history = _read_history(run_dir / "history.csv")
+    metrics["best_epoch"] = ckpt.state.best_epoch
+    history = ckpt.state.history
     meta = {
         "name": config.name,
         "kind": "model",
@@ -441,16 +474,6 @@ def threshold_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
         raise InvalidInputError("the validation split needs both REAL and FAKE crops to choose a threshold")
     _, threshold = equal_error_rate(labels, scores)
     return score_metrics(labels, scores, threshold)
-
-
-def _read_history(path: Path) -> list[dict]:
-    import csv
-
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [{k: (round(float(v), 6) if k != "epoch" else int(v) + 1) for k, v in row.items() if v != ""}
-                for row in csv.DictReader(f)]
 
 
 def _versions() -> dict:
