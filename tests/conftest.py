@@ -13,7 +13,7 @@ import pytest
 from serving.config import ServingSettings
 
 # Fixtures of the test servers: media (clips, pages, HLS over HTTP) and the gateway stack (Redis, PostgreSQL, Celery).
-pytest_plugins = ["tests.support.media_server", "tests.support.server_stack"]
+pytest_plugins = ["tests.support.media_server", "tests.support.server_stack", "tests.support.browser"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
