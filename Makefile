@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := ffmpeg wrk
+DEBIAN_PACKAGES := ffmpeg wrk chromium
 PYTEST_ARGS ?=
 
 .PHONY: setup system test scan bench lint lock clean train train-status
