@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import re
 import secrets
-import urllib.parse
 import uuid
 from dataclasses import dataclass
 from typing import Literal
@@ -25,12 +24,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from scanner.batch_input import normalize_url  # the same rules for batches run here and by a gateway
 from server.db import session_scope
 from server.models import ACTIVE, DONE, FAILED, FINAL, QUEUED, RUNNING, BatchItem, Scan, utcnow
-
-# Query parameters that only track where a click came from; they never change the video.
-_TRACKING = ("utm_", "fbclid", "gclid", "igshid", "mc_cid", "mc_eid", "si")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def new_id() -> str:
@@ -40,23 +36,6 @@ def new_id() -> str:
 
 def new_task_id() -> str:
     return uuid.uuid4().hex
-
-
-def normalize_url(url: str) -> str:
-    """The form used to recognise the same video: scheme and host lowercased, default port, fragment and tracking
-    parameters dropped, query parameters sorted. Assumes an http(s) URL that passed the URL policy."""
-    parts = urllib.parse.urlsplit(url.strip())
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = host if parts.port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
-    if parts.username is not None:
-        userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
-        netloc = f"{userinfo}@{netloc}"
-    query = sorted((k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-                   if not k.lower().startswith(_TRACKING))
-    return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", urllib.parse.urlencode(query), ""))
 
 
 def active_key(model: str, version: int, normalized_url: str) -> str:
