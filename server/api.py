@@ -133,9 +133,12 @@ def _iso(value) -> str | None:
 
 
 def scan_json(scan: Scan, cached: bool | None = None) -> dict:
+    upload = ({"file_name": scan.upload_name, "size_bytes": scan.upload_bytes}
+              if scan.upload_name is not None else None)
     out = {
         "id": scan.id,
-        "url": scan.url,
+        "url": None if upload else scan.url,
+        "upload": upload,
         "page_url": scan.page_url,
         "model": {"name": scan.model, "version": scan.model_version},
         "status": scan.status,
@@ -176,6 +179,10 @@ def _publish(created: list[Scan]) -> None:
 
 @bp.post("/scans")
 def create_scan():
+    if request.mimetype == "multipart/form-data":
+        from server.uploads import create_upload_scan
+
+        return create_upload_scan()
     body = _body(ScanRequest)
     try:
         url = check_video_url(body.url)

@@ -13,6 +13,10 @@ def default_database_url() -> str:
     return f"sqlite:///{Path(platformdirs.user_data_dir('mesoscan')) / 'mesoscan.db'}"
 
 
+def default_upload_dir() -> Path:
+    return Path(platformdirs.user_data_dir("mesoscan")) / "uploads"
+
+
 class ServerSettings(BaseSettings):
     """Every field reads `MESOSCAN_<FIELD>` (e.g. `MESOSCAN_BROKER_URL=redis://redis:6379/0`).
 
@@ -50,6 +54,16 @@ class ServerSettings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     max_batch_urls: int = Field(default=100, ge=1, le=10_000)
     max_url_length: int = Field(default=2048, ge=64)
+
+    # Uploads (multipart POST /api/v1/scans and the web page)
+    upload_dir: Path = Field(default_factory=default_upload_dir)
+    """Where uploaded videos wait for their scan, named by scan id; shared by the gateway and the workers."""
+    max_upload_mb: float = Field(default=200, gt=0)
+    """Largest accepted upload (MB, 10^6 bytes): refused with 413 the moment it is passed."""
+    upload_daily_mb: float = Field(default=2000, ge=0)
+    """Upload bytes (MB) per API key (per address in open mode) and UTC day; 0 turns uploads off."""
+    upload_timeout_s: float = Field(default=3600, gt=0)
+    """An unfinished upload file older than this is a gateway that died mid-upload: the recovery job removes it."""
 
     # Jobs
     cache_ttl_s: float = Field(default=24 * 3600, ge=0)
@@ -96,6 +110,10 @@ class ServerSettings(BaseSettings):
     @property
     def requeue_after(self) -> float:
         return self.requeue_after_s if self.requeue_after_s is not None else self.visibility_timeout_s
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1_000_000)
 
     @property
     def limiter_storage(self) -> str:

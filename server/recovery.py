@@ -10,6 +10,9 @@ between saving a scan and sending it. Every `recovery_interval_s` one worker (a 
 - scans queued for longer than `requeue_after_s` (a message lost any other way), but only while the broker holds
   fewer messages than there are queued scans: a long queue is not a lost one.
 
+The same round removes stored uploads whose scan ended without its worker removing them (it died), and partial
+uploads a dead gateway left (`server.uploads.sweep`).
+
 Each is given a new message id and sent again; the old message, should it still exist, no longer owns the scan and
 is dropped on delivery, so sending again is always safe.
 """
@@ -78,9 +81,19 @@ class Recovery:
             sent += 1
         if client is not None and broker_lost_before is not None:
             client.set(MARKER_KEY, broker_lost_before.isoformat())  # only once every lost scan was sent again
+        self._sweep_uploads()
         if sent:
             log.warning("recovery: sent %d lost scan(s) again", sent)
         return sent
+
+    def _sweep_uploads(self) -> None:
+        """Stored uploads of scans that ended (their worker died before removing them) and abandoned partial ones."""
+        from server.uploads import sweep
+
+        try:
+            sweep(self.settings)
+        except Exception as exc:
+            log.info("upload sweep skipped: %s", exc)
 
     def _nothing_missing(self, client, session) -> bool:
         """At least as many messages in the broker (waiting or held by workers) as queued scans in the database."""

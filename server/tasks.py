@@ -195,11 +195,15 @@ def _backoff(s: ServerSettings, attempt: int) -> float:
     return min(s.retry_backoff_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
 
 
-def _failed(url: str, code: str, message: str) -> dict:
+def _failed(url: str, code: str, message: str, file_name: str | None = None) -> dict:
     from scanner.verdict import failed_document
 
     source = {"url": url, "title": None, "duration_s": None, "width": None, "height": None, "fps": None,
               "sha256": None}
+    if file_name is not None:
+        from server.uploads import upload_source
+
+        source = upload_source(source, file_name)
     return failed_document(source=source, model=None, code=code, message=message, retryable=False)
 
 
@@ -225,10 +229,15 @@ def scan_task(self, scan_id: str) -> str:
         return "skipped"
     if claim.outcome == "busy":  # a live delivery has it: look again once its heartbeat could have gone stale
         raise self.retry(countdown=s.stale_after_s)
+    from server import uploads
+
+    file_name = uploads.upload_name(s, scan_id) if claim.url.startswith("upload:") else None
     if claim.attempts > s.max_attempts:
         jobs.finish(s.database_url, scan_id, _failed(
             claim.url, "internal_error", f"gave up after {s.max_attempts} attempts: the scan kept crashing or "
-                                         "timing out its worker"))
+                                         "timing out its worker", file_name))
+        if file_name is not None:
+            uploads.remove_stored(s, scan_id)
         return "failed"
 
     reused: list[str] = []
@@ -245,12 +254,16 @@ def scan_task(self, scan_id: str) -> str:
 
     with Progress(s.database_url, scan_id, task_id, s.heartbeat_s) as progress:
         try:
-            document = get_scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
+            if file_name is not None:  # an upload: its bytes were matched against earlier verdicts at the gateway
+                document = uploads.scan_stored(get_scanner(claim.model), s, scan_id, file_name, progress)
+            else:
+                document = get_scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
         except SoftTimeLimitExceeded:
-            document = _failed(claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s")
+            document = _failed(claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s",
+                               file_name)
         except Exception:
             log.exception("scan %s crashed", scan_id)
-            document = _failed(claim.url, "internal_error", "the scan failed unexpectedly; it was logged")
+            document = _failed(claim.url, "internal_error", "the scan failed unexpectedly; it was logged", file_name)
 
     error = document.get("error") or {}
     if document.get("status") == "failed" and error.get("retryable") and claim.attempts < s.max_attempts:
@@ -261,4 +274,6 @@ def scan_task(self, scan_id: str) -> str:
     if jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None) and not reused \
             and document.get("status") == "done":
         _record_timings(s, document)
+    if file_name is not None:  # the scan is final: its upload is not needed any more
+        uploads.remove_stored(s, scan_id)
     return document.get("status", "failed")

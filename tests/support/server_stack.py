@@ -241,6 +241,8 @@ class Stack:
     base_url: str
     api_key: str
     media: object
+    upload_dir: Path | None = None
+    """MESOSCAN_UPLOAD_DIR of the gateway and the workers (uploaded videos wait there for their scan)."""
     workers: list[Service] = field(default_factory=list)
 
     def session(self) -> requests.Session:
@@ -286,15 +288,16 @@ def server_stack(_models_env, stack_redis, tmp_path_factory) -> Iterator[Stack]:
     from tests.support.media_server import MediaServer
 
     log_dir = tmp_path_factory.mktemp("stack-logs")
+    upload_dir = tmp_path_factory.mktemp("stack-uploads")
     with postgres_database() as database_url:
         upgrade(database_url)
-        env = service_env(database_url, stack_redis.url)
+        env = service_env(database_url, stack_redis.url, MESOSCAN_UPLOAD_DIR=str(upload_dir))
         with session_scope(database_url) as session:
             key = create_key(session, "stack tests").key
         clips = {p.name: p for p in sorted(require_shared(VIDEOS_DIR).glob("*.mp4"))}
         media = MediaServer(files=clips).start()
         gateway, base = start_gateway(env, log_dir)
-        stack = Stack(database_url, stack_redis, env, log_dir, gateway, base, key, media)
+        stack = Stack(database_url, stack_redis, env, log_dir, gateway, base, key, media, upload_dir)
         try:
             stack.add_worker("w1")
             yield stack
