@@ -520,7 +520,7 @@ class Batch:
         waiting: deque[Item] = deque(todo)
         in_hand: dict[str, Item] = {}
         deaths = 0
-        pool = WorkerPool(size, self._worker_env(size, temp_dir))
+        pool = WorkerPool(size, self._worker_env(size, temp_dir), temp_dir)
         self.outcome.workers = size
         try:
             pool.start()

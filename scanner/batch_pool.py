@@ -16,6 +16,7 @@ import json
 import os
 import queue
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,8 +58,8 @@ class Worker:
 class WorkerPool:
     """`size` scan workers; `submit` hands an item to an idle one, `events` yields what they report."""
 
-    def __init__(self, size: int, env: dict[str, str]):
-        self.size, self.env = size, env
+    def __init__(self, size: int, env: dict[str, str], temp_dir: str):
+        self.size, self.env, self.temp_dir = size, env, temp_dir
         self.workers: list[Worker] = []
         self.events: queue.Queue[Event] = queue.Queue()
         self.peak_rss_kb = 0
@@ -72,7 +73,7 @@ class WorkerPool:
         read_fd, write_fd = os.pipe()
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "scanner.batch_pool", str(write_fd), str(os.getpid())],
+                [sys.executable, "-m", "scanner.batch_pool", str(write_fd), str(os.getpid()), self.temp_dir],
                 stdin=subprocess.PIPE,
                 stdout=sys.stderr.fileno(),
                 env=self.env,
@@ -214,20 +215,24 @@ def _serve(out) -> None:
 
 
 def main(argv: list[str]) -> None:
-    out_fd, parent_pid = int(argv[0]), int(argv[1])
+    """`python -m scanner.batch_pool RESULT_FD PARENT_PID BATCH_TEMP_DIR` (started by WorkerPool)."""
+    out_fd, parent_pid, temp_dir = int(argv[0]), int(argv[1]), argv[2]
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="parent-watch", daemon=True).start()
     from serving.quiet import filter_stderr
 
     filter_stderr()
-    with os.fdopen(out_fd, "wb") as out:
-        try:
+    try:
+        with os.fdopen(out_fd, "wb") as out:
             _serve(out)
-        except KeyboardInterrupt:
-            sys.exit(143)
-        except BrokenPipeError:
-            sys.exit(0)
+    except KeyboardInterrupt:
+        sys.exit(143)
+    except BrokenPipeError:
+        sys.exit(0)
+    finally:
+        if os.getppid() != parent_pid:  # the batch was killed: its temp dir is left to its workers
+            shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 if __name__ == "__main__":
