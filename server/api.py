@@ -339,6 +339,28 @@ def get_batch(batch_id: str):
         return jsonify(batch_json(session, batch))
 
 
+ARCHITECTURES = {"meso4": "Meso-4", "mesoinception4": "MesoInception-4", "ensemble": "ensemble"}
+
+
+@bp.get("/models")
+def list_models():
+    """The registered models (the extension's options page offers them), the default one marked."""
+    from serving.config import get_settings as serving_settings
+    from serving.registry import list_models as registered
+
+    settings = serving_settings()
+    return jsonify(models=[{
+        "name": spec.name,
+        "architecture": ARCHITECTURES.get(spec.arch, spec.arch),
+        "version": spec.version,
+        "threshold": spec.threshold,
+        "licence": spec.licence,
+        "description": spec.description,
+        "members": list(spec.members),
+        "default": spec.name == settings.model,
+    } for spec in registered(settings)], default=settings.model)
+
+
 @bp.get("/openapi.json")
 def openapi():
     from server.openapi import document

@@ -39,7 +39,9 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
 
     init_limits(app, api.bp)
     if settings.allowed_origins:
-        CORS(app, resources={r"/api/v1/*": {"origins": settings.allowed_origins}},
+        # No credentials: the extension's requests carry no cookies (its key travels in X-API-Key).
+        CORS(app, resources={r"/api/v1/*": {"origins": settings.allowed_origins},
+                             r"/healthz": {"origins": settings.allowed_origins}}, supports_credentials=False,
              allow_headers=["Content-Type", "X-API-Key"], expose_headers=["Location", "Retry-After"],
              methods=["GET", "POST"], max_age=600)
     app.register_blueprint(api.bp)

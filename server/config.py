@@ -40,7 +40,8 @@ class ServerSettings(BaseSettings):
     open_mode: bool = False
     """No API keys: anyone who reaches the port may scan. Only for local use; the gateway then binds loopback only."""
     extension_origin: str | None = None
-    """The browser extension's origin (e.g. `chrome-extension://<id>`), allowed by CORS."""
+    """The browser extension's origins, comma-separated (e.g. `chrome-extension://<id>,moz-extension://<uuid>`),
+    allowed by CORS. Requests with credentials (cookies) are never allowed."""
     cors_origins: list[str] = Field(default_factory=list)
     """More origins allowed by CORS (JSON list, e.g. `["https://app.example"]`)."""
     rate_limit: str = "60/minute"
@@ -121,7 +122,8 @@ class ServerSettings(BaseSettings):
 
     @property
     def allowed_origins(self) -> list[str]:
-        return [o for o in [self.extension_origin, *self.cors_origins] if o]
+        extension = [o.strip().rstrip("/") for o in (self.extension_origin or "").split(",")]
+        return [o for o in [*extension, *self.cors_origins] if o]
 
 
 def get_settings() -> ServerSettings:

@@ -100,8 +100,11 @@ def guarded_page(chromium) -> Iterator:
 
 
 @contextmanager
-def extension_context(extension_dir: Path, **options) -> Iterator:
-    """A persistent Chromium context (own profile, removed afterwards) with the unpacked extension loaded."""
+def extension_context(extension_dir: Path, extra_args: tuple[str, ...] = (), **options) -> Iterator:
+    """A persistent Chromium context (own profile, removed afterwards) with the unpacked extension loaded.
+
+    `extra_args` go to Chromium too (e.g. `--enable-unsafe-extension-debugging`, which lets a browser CDP session
+    click the extension's toolbar button with `Extensions.triggerAction`)."""
     from playwright.sync_api import sync_playwright
 
     executable = require_chromium()
@@ -113,7 +116,7 @@ def extension_context(extension_dir: Path, **options) -> Iterator:
                 profile,
                 executable_path=executable,
                 headless=True,
-                args=[f"--disable-extensions-except={ext}", f"--load-extension={ext}", *QUIET_ARGS],
+                args=[f"--disable-extensions-except={ext}", f"--load-extension={ext}", *QUIET_ARGS, *extra_args],
                 **options,
             )
             try:

@@ -10,6 +10,7 @@ Routes (GET and HEAD):
 - `/drip/<name>?chunk=N&every=S`: the file, N bytes every S seconds.
 - `/page/video/<name>`, `/page/og/<name>`: HTML embedding `/files/<name>` with `<video src>` or `og:video`.
 - `/page/multi/<name>,<name>`: a page with several `<video>` elements.
+- `/page/blob/<name>`: a page whose `<video>` plays the file from a `blob:` URL (script), with `og:video` beside.
 - `/page/embed?src=URL`: a page whose `<video src>` is URL (which may be on another server).
 - `/page/novideo`: an HTML page without any video. `/page/drip`: a page sent one byte at a time, slowly.
 - `/hls/<file>`: the HLS playlist and segments (`/hls/index.m3u8`) when an HLS directory is given;
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import collections
 import html
+import json
 import mimetypes
 import re
 import shutil
@@ -230,6 +232,14 @@ class _Handler(BaseHTTPRequestHandler):
                     f'<meta property="og:title" content="OG clip {html.escape(name)}">'
                     f'<meta property="og:video" content="{absolute}">'
                     f'<meta property="og:video:type" content="video/mp4"></head><body><p>A clip.</p></body></html>')
+        elif kind == "blob" and self._file(name):  # as players on big sites do: a blob: source, og:video beside
+            absolute = html.escape(self.server.media.url(f"/files/{name}"))
+            body = (f'<!doctype html><html><head><title>Blob clip</title>'
+                    f'<meta property="og:video" content="{absolute}">'
+                    f'<meta property="og:video:type" content="video/mp4"></head>'
+                    f'<body><video controls width="640"></video><script>'
+                    f'fetch({json.dumps(f"/files/{name}")}).then(r => r.blob()).then(b => {{'
+                    f' document.querySelector("video").src = URL.createObjectURL(b); }});</script></body></html>')
         elif kind == "embed" and "src" in self._query:
             body = (f'<!doctype html><html><head><title>Embedded clip</title></head><body>'
                     f'<video controls src="{html.escape(self._query["src"])}"></video></body></html>')

@@ -1,0 +1,486 @@
+"""The browser extension end to end: real Chromium with the packaged extension loaded, a real `mesoscan serve --dev`
+gateway and test pages playing the shared clips, all on 127.0.0.1.
+
+The toolbar button is clicked through CDP (`Extensions.triggerAction`, as a user's click: it grants `activeTab` on
+the page), then the popup is opened in a tab for the page's tab id, as Playwright's extension docs do. What the
+popup shows is checked against the gateway's own document for the scan. Screenshots land in reports/extension/
+(ignored by git).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import ROOT, VIDEOS_DIR, require_shared
+from tests.support.browser import assert_clean, extension_context, watch
+from tests.support.media_server import MediaServer
+from tests.support.server_stack import Service, free_port, service_env, start_gateway, wait_for
+
+pytestmark = pytest.mark.slow
+
+CLIP = "ffpp_004.mp4"
+SHOTS = ROOT / "reports" / "extension"
+LABEL_WORDS = {
+    "fake": "Likely manipulated",
+    "real": "No sign of manipulation found",
+    "uncertain": "Cannot tell",
+    "no_face": "No face to judge",
+}
+BADGE_TEXT = {"fake": "FAKE", "real": "OK", "uncertain": "?", "no_face": "–"}
+
+
+def chrome_extension_id(path: Path) -> str:
+    """Chromium's id for an unpacked extension: its absolute path's sha256, first 32 hex digits written a–p."""
+    import hashlib
+
+    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
+    return "".join(chr(ord("a") + int(c, 16)) for c in digest)
+
+
+def build_extension(out: Path) -> Path:
+    import subprocess
+
+    subprocess.run(
+        [sys.executable, str(ROOT / "extension" / "package.py"), "--out", str(out)], check=True, capture_output=True
+    )
+    return out / "chrome"
+
+
+# --- servers -----------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Iterator[MediaServer]:
+    text = tmp_path_factory.mktemp("not-video") / "text.mp4"
+    text.write_text("This is a text file with a video's name.\n" * 20)
+    files = {CLIP: require_shared(VIDEOS_DIR) / CLIP, "text.mp4": text}
+    with MediaServer(files=files) as server:
+        yield server
+
+
+class DevGateway:
+    def __init__(self, tmp: Path):
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db = tmp / "dev.db"
+        env = service_env(f"sqlite:///{self.db}", "memory://")  # --dev keeps its own queue in memory
+        self.service = Service(
+            "dev gateway",
+            [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(self.port)],
+            env,
+            tmp / "dev.log",
+        )
+
+    def start(self) -> DevGateway:
+        self.service.start()
+
+        def up() -> bool:
+            self.service.check_alive()
+            try:
+                return requests.get(f"{self.base}/healthz", timeout=1).ok
+            except requests.RequestException:
+                return False
+
+        wait_for(up, 90, interval=0.2, what="mesoscan serve --dev")
+        return self
+
+    def scans(self) -> list[dict]:
+        with sqlite3.connect(self.db) as db:
+            return [
+                {"id": r[0], "url": r[1], "page_url": r[2]}
+                for r in db.execute("SELECT id, url, page_url FROM scans ORDER BY created_at")
+            ]
+
+    def scan(self, scan_id: str) -> dict:
+        return requests.get(f"{self.base}/api/v1/scans/{scan_id}", timeout=5).json()
+
+
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory) -> Iterator[DevGateway]:
+    dev = DevGateway(tmp_path_factory.mktemp("dev-gateway")).start()
+    try:
+        yield dev
+    finally:
+        dev.service.stop()
+
+
+@pytest.fixture(scope="module")
+def extension_dir(tmp_path_factory) -> Path:
+    return build_extension(tmp_path_factory.mktemp("extension"))
+
+
+class Browser:
+    """The persistent context with the extension, plus what the tests do with it."""
+
+    def __init__(self, context, extension_id: str):
+        self.context = context
+        self.id = extension_id
+        self.cdp = context.browser.new_browser_cdp_session()
+        self.origin = f"chrome-extension://{extension_id}"
+
+    def worker(self):
+        live = [w for w in self.context.service_workers if w.url.startswith(self.origin)]
+        return live[-1] if live else self.context.wait_for_event("serviceworker", timeout=20_000)
+
+    def targets(self, kind: str | None = None) -> list[dict]:
+        params = {"filter": [{"type": kind}]} if kind else {}
+        return self.cdp.send("Target.getTargets", params)["targetInfos"]
+
+    def ext_page(self, path: str = "options.html"):
+        page = self.context.new_page()
+        page.goto(f"{self.origin}/{path}")
+        return page
+
+    def evaluate(self, expression: str):
+        """Runs in an extension page (it does not wake the service worker, which tests may have stopped)."""
+        if not hasattr(self, "_helper") or self._helper.is_closed():
+            self._helper = self.ext_page("options.html")
+        return self._helper.evaluate(expression)
+
+    def reset(self, **settings) -> None:
+        values = {"gatewayUrl": "http://127.0.0.1:8000", "apiKey": "", "model": "", "overlay": True} | settings
+        self.evaluate(
+            f"chrome.storage.local.clear().then(() => chrome.storage.local.set({{settings: {json.dumps(values)}}}))"
+            ".then(() => chrome.storage.session.clear())"
+        )
+
+    def click_action(self, page) -> int:
+        """Clicks the toolbar button on `page`'s tab (grants activeTab as a user's click does); returns the tab id.
+        The popup that opens is closed again: tests open it in a tab of its own."""
+        url = page.url
+        before = {t["targetId"] for t in self.targets("page")}
+        tab = next(t for t in self.targets("tab") if t["url"] == url)
+        self.cdp.send("Extensions.triggerAction", {"id": self.id, "targetId": tab["targetId"]})
+
+        def opened():
+            return [
+                t
+                for t in self.targets("page")
+                if t["url"].startswith(f"{self.origin}/popup.html") and t["targetId"] not in before
+            ]
+
+        for target in wait_for(opened, 10, what="the action's popup"):
+            self.cdp.send("Target.closeTarget", {"targetId": target["targetId"]})
+        ids = wait_for(
+            lambda: self.evaluate(
+                f"chrome.tabs.query({{}}).then(ts => ts.filter(t => t.url === {json.dumps(url)}).map(t => t.id))"
+            ),
+            5,
+            what="the tab's id",
+        )
+        return ids[0]
+
+    def popup(self, tab_id: int):
+        page = self.context.new_page()
+        watch(page)
+        page.goto(f"{self.origin}/popup.html?tab={tab_id}")
+        return page
+
+    def badge(self, tab_id: int) -> str:
+        return self.evaluate(f"chrome.action.getBadgeText({{tabId: {tab_id}}})")
+
+    def tab_state(self, tab_id: int) -> dict | None:
+        return self.evaluate(f"chrome.storage.session.get('tab:{tab_id}').then(s => s['tab:{tab_id}'] ?? null)")
+
+
+@pytest.fixture(scope="module")
+def browser(extension_dir) -> Iterator[Browser]:
+    expected = chrome_extension_id(extension_dir)
+    with extension_context(extension_dir, extra_args=("--enable-unsafe-extension-debugging",)) as context:
+        b = Browser(context, expected)
+        assert b.worker().url.startswith(f"chrome-extension://{expected}/"), "the computed extension id is wrong"
+        yield b
+
+
+def video_page(browser: Browser, url: str):
+    page = browser.context.new_page()
+    watch(page)
+    page.goto(url)
+    page.wait_for_function(
+        "document.querySelector('video') && document.querySelector('video').readyState >= 1", timeout=15_000
+    )
+    return page
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def scan_id_of(popup) -> str:
+    href = popup.locator("a.report").first.get_attribute("href")
+    return href.rstrip("/").rsplit("/", 1)[1]
+
+
+def check_against_document(popup, result: dict) -> None:
+    """The popup shows the gateway's document: label, people, timeline points and face crops."""
+    verdict = popup.locator(".verdict")
+    label = result["verdict"]["label"]
+    assert verdict.get_attribute("data-label") == label
+    assert popup.locator(".verdict-title").inner_text() == LABEL_WORDS[label]
+    if result["verdict"]["fake_probability"] is not None:
+        assert popup.locator(".fake-pct").inner_text() == f"{round(result['verdict']['fake_probability'] * 100)} %"
+    assert popup.locator(".model").inner_text() == f"{result['model']['name']} v{result['model']['version']}"
+    shown = sorted(int(p) for p in popup.locator("li.person").evaluate_all("els => els.map(e => e.dataset.pct)"))
+    assert shown == sorted(round(p["fake_probability"] * 100) for p in result["people"])
+    points = popup.locator("circle.point").evaluate_all(
+        "els => els.map(e => [Number(e.dataset.t), Number(e.dataset.pct)])"
+    )
+    expected = [
+        [p["t"], round(p["fake_probability"] * 100)] for p in result["timeline"] if p["fake_probability"] is not None
+    ]
+    assert [[round(t, 3), pct] for t, pct in points] == [[round(t, 3), pct] for t, pct in expected]
+    assert popup.locator("svg.timeline line.threshold").count() == 1
+    assert popup.locator("svg.timeline rect.band").count() == 1
+    assert popup.locator(".face img").count() == min(6, len(result["top_faces"]))
+
+
+# --- the tests -----------------------------------------------------------------------------------------------------
+
+
+def test_popup_scan_shows_the_gateways_verdict_badge_label_and_seeks(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    page = video_page(browser, media.url(f"/page/video/{CLIP}?n=popup"))
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    assert popup.locator(".target-url").inner_text() == media.url(f"/files/{CLIP}")  # the <video>'s own file
+    before = len(gateway.scans())
+    popup.locator("button.scan").click()
+    popup.locator(".verdict").wait_for(timeout=120_000)
+    scans = gateway.scans()
+    assert len(scans) == before + 1
+    assert scans[-1]["url"] == media.url(f"/files/{CLIP}")
+    assert scans[-1]["page_url"] == media.url(f"/page/video/{CLIP}?n=popup")
+
+    scan = gateway.scan(scan_id_of(popup))
+    assert scan["status"] == "done" and scan["id"] == scans[-1]["id"]
+    result = scan["result"]
+    check_against_document(popup, result)
+    assert popup.locator(".error").count() == 0
+    assert popup.locator("a.report").get_attribute("href") == f"{gateway.base}/scans/{scan['id']}"
+    label = result["verdict"]["label"]
+    assert browser.badge(tab) == BADGE_TEXT[label]
+
+    # the on-page label: next to the video, above it (never over the player's controls), dismissible
+    text = page.locator("#mesoscan-verdict-label .text")
+    text.wait_for(timeout=10_000)
+    assert text.inner_text() == f"MesoScan: {LABEL_WORDS[label]}"
+    link = page.locator("#mesoscan-verdict-label a")
+    assert link.get_attribute("href") == f"{gateway.base}/scans/{scan['id']}"
+    box = page.locator("#mesoscan-verdict-label .box").bounding_box()
+    video = page.locator("video").bounding_box()
+    assert box["y"] + box["height"] <= video["y"] + 1 or box["y"] + box["height"] < video["y"] + video["height"] - 40
+    shot(popup, "popup-verdict")
+    shot(page, "page-label")
+
+    # a click on a timeline point moves the page's video there
+    point = popup.locator("circle.point").nth(popup.locator("circle.point").count() // 2)
+    t = float(point.get_attribute("data-t"))
+    assert t > 0.5 and page.evaluate("document.querySelector('video').currentTime") == 0
+    point.click()
+    try:
+        wait_for(
+            lambda: abs(page.evaluate("document.querySelector('video').currentTime") - t) < 0.05,
+            5,
+            what="the video to seek",
+        )
+    finally:
+        print(
+            "seek status:",
+            popup.locator(".seek-status").inner_text(),
+            page.evaluate("document.querySelector('video').currentTime"),
+            t,
+        )
+    assert popup.locator(".seek-status").inner_text().startswith("Moved the video to")
+    page.locator("#mesoscan-verdict-label button.close").click()
+    assert page.locator("#mesoscan-verdict-label").count() == 0
+    assert_clean(page)
+    assert_clean(popup)
+    popup.close()
+
+    # seen before: a second visit shows the verdict at once and asks the gateway nothing new
+    page.goto(media.url(f"/page/video/{CLIP}?n=popup"))
+    assert browser.badge(tab) == ""
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    popup.locator(".verdict").wait_for(timeout=5_000)
+    assert "Seen before" in popup.locator(".seen-before").inner_text()
+    check_against_document(popup, result)
+    assert popup.locator("button.scan").inner_text() == "Rescan"
+    time.sleep(1)
+    assert len(gateway.scans()) == before + 1
+    assert_clean(popup)
+    popup.close()
+    page.close()
+
+
+def test_a_blob_video_sends_the_page_url(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    page = browser.context.new_page()
+    watch(page)
+    page.goto(media.url(f"/page/blob/{CLIP}"))
+    page.wait_for_function("document.querySelector('video').currentSrc.startsWith('blob:')", timeout=15_000)
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    page_url = media.url(f"/page/blob/{CLIP}")
+    assert popup.locator(".target-url").inner_text() == page_url
+    popup.locator("button.scan").click()
+    popup.locator(".verdict, .error").first.wait_for(timeout=120_000)
+    last = gateway.scans()[-1]
+    assert last["url"] == page_url and last["page_url"] == page_url  # never the blob: URL
+    assert popup.locator(".verdict").count() == 1, popup.locator("main").inner_text()
+    assert_clean(page)
+    assert_clean(popup)
+    popup.close()
+    page.close()
+
+
+def test_the_scan_ends_with_the_popup_closed_and_the_worker_killed(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    slow = media.url(f"/drip/{CLIP}?chunk=8192&every=0.2")  # about 4.5 s of download
+    page = video_page(browser, media.url(f"/page/embed?src={requests.utils.quote(slow, safe='')}"))
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    popup.locator("button.scan").click()
+    popup.locator(".progress").wait_for(timeout=10_000)
+    wait_for(lambda: (browser.tab_state(tab) or {}).get("scanId"), 10, what="the scan to be queued")
+    popup.close()
+    workers = [t for t in browser.targets("service_worker") if t["url"].startswith(browser.origin)]
+    assert workers, "no service worker to kill"
+    for target in workers:
+        browser.cdp.send("Target.closeTarget", {"targetId": target["targetId"]})
+    wait_for(
+        lambda: not [t for t in browser.targets("service_worker") if t["targetId"] == workers[0]["targetId"]],
+        5,
+        what="the worker to stop",
+    )
+    assert browser.tab_state(tab)["state"] == "running"  # it was killed mid-scan
+
+    state = wait_for(
+        lambda: (s := browser.tab_state(tab)) and s["state"] != "running" and s,
+        120,
+        interval=0.5,
+        what="the woken worker to finish the scan",
+    )
+    assert state["state"] == "done" and state["scan"]["status"] == "done", state
+    assert browser.badge(tab) == BADGE_TEXT[state["scan"]["result"]["verdict"]["label"]]
+    key = f"verdict:default|{media.url('/drip/' + CLIP + '?chunk=8192&every=0.2')}"
+    stored = browser.evaluate(f"chrome.storage.local.get({json.dumps(key)}).then(s => s[{json.dumps(key)}] ?? null)")
+    assert stored and stored["scan"]["id"] == state["scanId"]
+    page.locator("#mesoscan-verdict-label .text").wait_for(timeout=10_000)
+    page.close()
+
+
+def test_context_menu_is_made_at_install_and_scans_the_video_source(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    page = video_page(browser, media.url(f"/page/video/{CLIP}?n=menu"))
+    tab = browser.click_action(page)
+    worker = browser.worker()
+    # the menu exists in a worker that never had a popup open (it was made in onInstalled, kept by the browser)
+    assert worker.evaluate(
+        "new Promise(r => chrome.contextMenus.update(mesoscan.MENU_ID, {}, () => r(!chrome.runtime.lastError)))"
+    )
+    worker.evaluate(f"""mesoscan.onMenuClick({{menuItemId: mesoscan.MENU_ID, mediaType: "video",
+        srcUrl: {json.dumps(media.url("/files/" + CLIP))}, pageUrl: {json.dumps(page.url)}}},
+        {{id: {tab}, url: {json.dumps(page.url)}}})""")
+    state = wait_for(
+        lambda: (s := browser.tab_state(tab)) and s["state"] != "running" and s,
+        120,
+        interval=0.3,
+        what="the menu's scan",
+    )
+    assert state["url"] == media.url(f"/files/{CLIP}") and state["state"] == "done"
+    page.close()
+
+
+# --- errors: each shows its words and no verdict ------------------------------------------------------------------
+
+
+def expect_error(browser: Browser, page, title: str, hint_part: str, name: str | None = None):
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    popup.locator("button.scan").click()
+    error = popup.locator(".error")
+    error.wait_for(timeout=120_000)
+    assert popup.locator(".error-title").inner_text() == title
+    assert hint_part in popup.locator(".error-hint").inner_text()
+    assert popup.locator(".verdict").count() == 0 and popup.locator(".fake-pct").count() == 0
+    assert browser.badge(tab) == "ERR"
+    if name:
+        shot(popup, name)
+    assert_clean(popup)
+    popup.close()
+
+
+def test_gateway_down(browser, media):
+    down = f"http://127.0.0.1:{free_port()}"
+    browser.reset(gatewayUrl=down)
+    page = video_page(browser, media.url(f"/page/video/{CLIP}?n=down"))
+    expect_error(browser, page, "The gateway cannot be reached", f"Nothing answered at {down}", "popup-gateway-down")
+    page.close()
+
+
+def test_not_a_video(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    page = browser.context.new_page()
+    watch(page)
+    page.goto(media.url("/page/video/text.mp4"))
+    expect_error(browser, page, "This is not a video", "no video stream")
+    assert gateway.scans()[-1]["url"] == media.url("/files/text.mp4")
+    page.close()
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(browser, pg_url, stack_redis, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
+    """A production gateway (gunicorn, keys on, PostgreSQL, Redis) that lets this extension in by
+    MESOSCAN_EXTENSION_ORIGIN (a list): (its base URL, a key limited to one scan a minute)."""
+    from server.db import session_scope
+    from server.keys import create_key
+
+    queue = "mesoscan.extension-tests"
+    env = service_env(
+        pg_url,
+        stack_redis.url,
+        MESOSCAN_QUEUE=queue,
+        MESOSCAN_GATEWAY_WORKERS="1",
+        MESOSCAN_EXTENSION_ORIGIN=f"moz-extension://0b5f3a5e-1c1d-4e4e-9a9a-123456789abc, {browser.origin}",
+    )
+    with session_scope(pg_url) as session:
+        limited = create_key(session, "extension 429", rate_limit="1/minute").key
+    gateway, base = start_gateway(env, tmp_path_factory.mktemp("keyed-gateway"))
+    try:
+        yield base, limited
+    finally:
+        gateway.stop()
+        stack_redis.client().delete(queue)
+
+
+def test_wrong_key(browser, keyed_gateway, media):
+    base, _ = keyed_gateway
+    browser.reset(gatewayUrl=base, apiKey="not-a-key")
+    page = video_page(browser, media.url(f"/page/video/{CLIP}?n=key"))
+    expect_error(browser, page, "The API key was refused", "Enter a valid key in Settings", "popup-wrong-key")
+    page.close()
+
+
+def test_rate_limited(browser, keyed_gateway, media):
+    base, limited = keyed_gateway
+    first = requests.post(
+        f"{base}/api/v1/scans",
+        json={"url": media.url(f"/files/{CLIP}?n=429")},
+        headers={"X-API-Key": limited},
+        timeout=10,
+    )
+    assert first.status_code == 202, first.text  # the key's one scan this minute
+    browser.reset(gatewayUrl=base, apiKey=limited)
+    page = video_page(browser, media.url(f"/page/video/{CLIP}?n=429"))
+    expect_error(browser, page, "Too many scans for now", "Wait ")
+    page.close()
