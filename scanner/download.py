@@ -4,21 +4,26 @@
 the gateway must only ever call `fetch_video`. Both are context managers: a fetched video lives in a private temp
 directory that is removed on exit, also on errors, timeouts and Ctrl-C.
 
-A fetch runs yt-dlp in a worker thread so that the wall-clock limit (`download_timeout_s`) and Ctrl-C hold even while
-yt-dlp is blocked in a read: the guard then shuts down every socket of the fetch and the worker unwinds.
+A fetch runs yt-dlp in a forked child process, so that the wall-clock limit (`download_timeout_s`), Ctrl-C and a
+cancelling progress callback hold whatever yt-dlp is doing: blocked in a read or busy parsing a page (CPU-bound work
+holds the GIL, so a thread could not be stopped). The child is killed, waited for, and only then is the temp directory
+removed: nothing of a fetch outlives `fetch_video`. yt-dlp never starts a program (ffmpeg, aria2c) in that child:
+`_refuse_external_programs` makes any such hand-off an `unsupported_url` error.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import logging
+import multiprocessing
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,13 +49,42 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, float | None], None]
 """progress(stage, fraction): stages `resolving`, `downloading` (fraction None when the size is unknown), `probing`,
-`done`. `downloading` is reported from the fetch's worker thread; an exception raised by the callback stops the fetch
+`done`, always in the caller's thread; an exception raised by the callback stops the fetch (its process is killed)
 and is re-raised to the caller of `fetch_video` (a way to cancel)."""
 
 # Protocols yt-dlp downloads natively, through the guarded request handler.
 _NATIVE_PROTOCOLS = {"http", "https", "m3u8", "m3u8_native", "http_dash_segments"}
-_POLL_S = 0.2
-_JOIN_GRACE_S = 10.0
+_POLL_S = 0.1
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Linux: the fetch process is killed when the process that started it dies (e.g. a worker's hard time limit)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def _refuse_external_programs() -> None:
+    """In the fetch process only: yt-dlp's hand-offs to ffmpeg or other programs fail with `unsupported_url`.
+
+    yt-dlp delegates what its native downloaders cannot do (SAMPLE-AES or otherwise unsupported HLS, live streams,
+    some DASH) to ffmpeg, which would open its own sockets behind the network guard. `ffmpeg_location` points at an
+    empty directory too, but that only works while ffmpeg is not found elsewhere; this refuses the hand-off itself.
+    AES-128 HLS is decrypted natively (pycryptodomex), through the guard.
+    """
+    from yt_dlp.downloader import external
+
+    def refuse(fd: Any, *_args: Any, **_kwargs: Any) -> Any:
+        raise UnsupportedUrlError(f"this stream needs {fd.get_basename()} to download; MesoScan fetches only with "
+                                  "its own guarded downloader")
+
+    todo = [external.ExternalFD]
+    while todo:  # FFmpegFD, Aria2cFD, CurlFD, ... each may define its own
+        downloader = todo.pop()
+        todo += downloader.__subclasses__()
+        downloader.real_download = refuse  # type: ignore[method-assign]
+        downloader._call_downloader = refuse  # type: ignore[method-assign]
+        downloader.available = classmethod(lambda cls, path=None: False)  # type: ignore[method-assign]
 
 
 @dataclass(frozen=True)
@@ -91,6 +125,11 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _probe(path: Path, settings: ScannerSettings) -> VideoInfo:
+    return probe_video(path, settings.max_duration_s, max_frames=settings.max_frames,
+                       max_pixels=settings.max_frame_pixels)
+
+
 def _downloaded(path: Path, url: str | None, info: VideoInfo, meta: dict[str, Any]) -> DownloadedVideo:
     return DownloadedVideo(
         path=path, url=url, title=meta.get("title"), duration_s=info.duration_s, width=info.width,
@@ -106,7 +145,7 @@ def open_local_video(path: str | Path, settings: ScannerSettings | None = None) 
     if not local.is_file():
         raise InvalidUrlError(f"{path}: no such file")
     local = local.resolve()
-    info = probe_video(local, settings.max_duration_s)
+    info = _probe(local, settings)
     yield _downloaded(local, None, info, {"title": local.name})
 
 
@@ -132,7 +171,8 @@ def fetch_video(
 
 
 class _AbortError(Exception):
-    """Raised inside yt-dlp (progress hook) to stop a download; the reason is in `_Fetch.failure`."""
+    """Raised inside yt-dlp (progress hook, in the fetch process) to stop a download; the reason is in
+    `_Fetch.failure`."""
 
 
 class _YtdlpLog:
@@ -166,6 +206,12 @@ class _YtdlpLog:
 
 
 class _Fetch:
+    """One fetch: yt-dlp runs in a forked child process (`_child`), this process watches the clock and the caller.
+
+    The child may be killed at any moment (deadline, Ctrl-C, a progress callback that raised): it holds nothing but
+    its sockets and files in `workdir`, which is removed only once the child is gone.
+    """
+
     def __init__(self, url: str, settings: ScannerSettings, guard: NetGuard, workdir: Path, progress: Progress | None):
         self.url = url
         self.settings = settings
@@ -174,80 +220,74 @@ class _Fetch:
         self.progress = progress
         self.max_bytes = int(settings.max_filesize_mb * 1024 * 1024)
         self.deadline = time.monotonic() + settings.download_timeout_s
-        self.failure: ScanError | None = None  # first typed failure decided on our side
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
+        self.failure: ScanError | None = None  # first typed failure decided on our side (in the child)
         self.log = _YtdlpLog()
-        self.result: tuple[Path, dict[str, Any]] | None = None
-        self.error: BaseException | None = None
-        self.callback_error: Exception | None = None
-        self.worker = threading.Thread(target=self._work, name="mesoscan-fetch", daemon=True)
-
-    def _report(self, stage: str, fraction: float | None) -> None:
-        if self.progress is None:
-            return
-        if threading.current_thread() is not self.worker:
-            self.progress(stage, fraction)
-            return
-        try:
-            self.progress(stage, fraction)
-        except Exception as e:  # the caller's exception (e.g. a job cancelled) stops the fetch and reaches the caller
-            self.callback_error = self.callback_error or e
-            self.cancelled.set()
-            raise _AbortError("the progress callback failed") from e
+        self._conn: Any = None  # the child's end of the pipe (in the child)
 
     def _too_large(self, size: str) -> TooLargeError:
         return TooLargeError(f"the video is {size}, over the {self.settings.max_filesize_mb:g} MB limit")
+
+    def _timeout(self) -> ScanTimeoutError:
+        return ScanTimeoutError(f"the download took longer than {self.settings.download_timeout_s:g} s")
 
     def _fail(self, error: ScanError) -> ScanError:
         if self.failure is None:
             self.failure = error
         return self.failure
 
-    def cancel(self, error: ScanError | None) -> None:
-        if error is not None:
-            self._fail(error)
-        self.cancelled.set()
-        self.guard.close()
-
-    # main thread ------------------------------------------------------------------------------------------------
+    # parent process ---------------------------------------------------------------------------------------------
 
     def run(self) -> DownloadedVideo:
         self._report("resolving", 0.0)
-        worker = self.worker
-        worker.start()
+        context = multiprocessing.get_context("fork")  # the child inherits the settings, the guard and its resolver
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=self._child, args=(send,), name="mesoscan-fetch", daemon=True)
+        child.start()
+        send.close()
+        outcome: tuple[Any, ...] | None = None
         try:
-            while not self.done.wait(_POLL_S):  # short waits: Ctrl-C is seen promptly
+            while outcome is None:
                 if time.monotonic() > self.deadline:
-                    self.cancel(ScanTimeoutError(
-                        f"the download took longer than {self.settings.download_timeout_s:g} s"))
+                    raise self._timeout()
+                if receive.poll(_POLL_S):  # short waits: Ctrl-C and the deadline are seen promptly
+                    try:
+                        message = receive.recv()
+                    except EOFError:  # the child died without a word
+                        break
+                    if message[0] == "progress":
+                        self._report(message[1], message[2])
+                    else:
+                        outcome = message
+                elif not child.is_alive() and not receive.poll():
                     break
-        except BaseException:  # KeyboardInterrupt, SystemExit: stop the worker before the temp dir goes
-            self.cancel(None)
-            worker.join(_JOIN_GRACE_S)
-            raise
-        worker.join(_JOIN_GRACE_S)
-        if worker.is_alive():
-            log.warning("the fetch worker of %s did not stop within %.0f s", self.url, _JOIN_GRACE_S)
-        if self.callback_error is not None:
-            raise self.callback_error
-        if self.failure is not None:
-            raise self.failure
-        if self.error is not None:
-            raise self._classify(self.error)
-        assert self.result is not None
-        path, meta = self.result
-        return self._finish(path, meta)
+        finally:  # success, a typed failure, a callback's exception, Ctrl-C: the child is gone before the temp dir
+            if child.is_alive():
+                child.kill()
+            child.join()
+            receive.close()
+        if outcome is None:
+            raise DownloadFailedError(f"the fetch process ended unexpectedly (exit status {child.exitcode})",
+                                      retryable=False)
+        if outcome[0] == "error":
+            raise outcome[1]
+        if outcome[0] == "crash":
+            raise RuntimeError(f"the fetch of {self.url} crashed: {outcome[1]}")
+        _, path, meta = outcome
+        return self._finish(Path(path), meta)
+
+    def _report(self, stage: str, fraction: float | None) -> None:
+        if self.progress is not None:
+            self.progress(stage, fraction)  # an exception here stops the fetch and reaches the caller
 
     def _finish(self, path: Path, meta: dict[str, Any]) -> DownloadedVideo:
         self._report("probing", None)
         size = path.stat().st_size
         if size > self.max_bytes:
             raise self._too_large(f"{size / 2**20:.1f} MB")
-        info = probe_video(path, self.settings.max_duration_s)
+        info = _probe(path, self.settings)
         if info.container == "mpegts":
             path = self._remux_to_mp4(path)
-            info = probe_video(path, self.settings.max_duration_s)
+            info = _probe(path, self.settings)
         video = _downloaded(path, self.url, info, meta)
         self._report("done", 1.0)
         return video
@@ -272,17 +312,26 @@ class _Fetch:
         path.unlink()
         return target
 
-    # worker thread ----------------------------------------------------------------------------------------------
+    # child process ----------------------------------------------------------------------------------------------
 
-    def _work(self) -> None:
+    def _child(self, conn: Any) -> None:
+        """Runs yt-dlp and sends ("progress", stage, fraction)..., then ("result", path, meta) or ("error", e)."""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it kills this process
+        _die_with_parent()
+        _refuse_external_programs()
+        self._conn = conn
         try:
-            self.result = self._download()
-        except BaseException as e:  # handed to the main thread
-            self.error = e
+            path, info = self._download()
+            meta = {k: info.get(k) for k in ("title", "webpage_url", "extractor")}
+            conn.send(("result", str(path), meta))
+        except Exception as e:  # handed to the parent as a typed error
+            error = self.failure if self.failure is not None else self._classify(e)
+            if isinstance(error, ScanError):
+                conn.send(("error", error))
+            else:
+                conn.send(("crash", f"{type(e).__name__}: {e}"))
         finally:
-            self.guard.close()  # no connection of this fetch outlives it (an aborted response is never drained)
-            self.done.set()
-
+            conn.close()
     def _params(self) -> dict[str, Any]:
         no_ffmpeg = self.workdir / "no-ffmpeg"
         no_ffmpeg.mkdir()
@@ -332,9 +381,10 @@ class _Fetch:
         fitting = [f for f in videos if (f.get("height") or 0) <= self.settings.max_height]
         yield fitting[-1] if fitting else min(videos, key=lambda f: f.get("height") or 0)
 
+    def _send_progress(self, stage: str, fraction: float | None) -> None:
+        self._conn.send(("progress", stage, fraction))
+
     def _hook(self, status: dict[str, Any]) -> None:
-        if self.cancelled.is_set():
-            raise _AbortError("cancelled")
         if status.get("status") != "downloading":
             return
         done = status.get("downloaded_bytes") or 0
@@ -343,20 +393,19 @@ class _Fetch:
             self._fail(self._too_large(f"{total / 2**20:.1f} MB" if total else f"over {done / 2**20:.1f} MB"))
             raise _AbortError("too large")
         if time.monotonic() > self.deadline:
-            self._fail(ScanTimeoutError(f"the download took longer than {self.settings.download_timeout_s:g} s"))
+            self._fail(self._timeout())
             raise _AbortError("deadline")
         estimate = total or status.get("total_bytes_estimate")
-        self._report("downloading", min(done / estimate, 1.0) if estimate else None)
+        self._send_progress("downloading", min(done / estimate, 1.0) if estimate else None)
 
     def _download(self) -> tuple[Path, dict[str, Any]]:
-        with guarded_youtube_dl(self._params(), self.guard) as ydl:
+        max_page_bytes = int(self.settings.max_page_mb * 1024 * 1024)
+        with guarded_youtube_dl(self._params(), self.guard, max_page_bytes=max_page_bytes) as ydl:
             info = ydl.extract_info(self.url, download=False)
             info = self._single_video(info)
             self._check_known_limits(info)
-            self._report("downloading", 0.0)
+            self._send_progress("downloading", 0.0)
             info = ydl.process_ie_result(info, download=True)
-        if self.cancelled.is_set():
-            raise _AbortError("cancelled")
         return self._file_of(info), info
 
     def _single_video(self, info: dict[str, Any] | None) -> dict[str, Any]:

@@ -52,8 +52,10 @@ class CorruptVideoError(ScanError):
 
 
 class ScanTimeoutError(ScanError):
+    """A download or scan over its time limit. Not retried: a remote server that is slow once is slow again, and
+    each retry would hold a worker for the whole limit."""
+
     code = "timeout"
-    retryable = True
 
 
 class ModelUnavailableError(ScanError):

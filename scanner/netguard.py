@@ -19,6 +19,8 @@ Where the check sits, and why there:
   are followed by `requests` inside the handler and open their connections the same way. The same idea as the
   `advocate` library (a validating urllib3 pool); yt-dlp's own `_helper.create_connection` is only used by the
   urllib/websockets handlers, which are not installed.
+- The same handler caps every response read whole (pages, manifests, JSON: what is not streamed media) at
+  `max_page_bytes` decoded bytes, after decompression; media is bounded by the download's size limit.
 - Checking the URL string first (`AddressPolicy.check_url`) only gives early, clear errors for literal addresses and
   bad schemes; the connection check is the boundary.
 - ffmpeg never fetches: `scanner.download` points yt-dlp's `ffmpeg_location` at an empty directory, so yt-dlp's
@@ -45,7 +47,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from scanner.errors import BlockedAddressError, InvalidUrlError
+from scanner.errors import BlockedAddressError, InvalidUrlError, TooLargeError
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
@@ -425,8 +427,43 @@ def _guarded_new_conn(connection: Any, guard: NetGuard) -> socket.socket:
     return sock
 
 
-def guarded_request_handler(guard: NetGuard) -> type:
-    """A yt-dlp RequestHandler class (http/https via `requests`, no proxies) opening every connection via `guard`."""
+DEFAULT_MAX_PAGE_BYTES = 8 * 1024 * 1024
+
+
+def _cap_whole_reads(response: Any, limit: int, blocked: type) -> Any:
+    """Make `response.read()` (no size: a page, manifest or JSON read whole) fail past `limit` decoded bytes.
+
+    Counted after decompression (urllib3 inflates at most what is asked per read), so a small gzip body cannot
+    inflate into gigabytes. Sized reads are how yt-dlp streams media; those are bounded by the size limit instead.
+    """
+    read_sized = response._real_read
+    counted = 0
+
+    def read(amt: int | None = None) -> bytes:
+        nonlocal counted
+        if amt is not None and amt >= 0:
+            data = read_sized(amt)
+            counted += len(data)
+            return data
+        chunks = []
+        while chunk := read_sized(1 << 16):
+            counted += len(chunk)
+            if counted > limit:
+                response.close()
+                raise blocked(TooLargeError(
+                    f"a page or manifest of more than {limit / 2**20:g} MB (decompressed) was refused"))
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    response._real_read = read
+    return response
+
+
+def guarded_request_handler(guard: NetGuard, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> type:
+    """A yt-dlp RequestHandler class (http/https via `requests`, no proxies) opening every connection via `guard`;
+    whole-body reads (pages, manifests, JSON) are capped at `max_page_bytes` after decompression."""
+    from yt_dlp.networking.exceptions import HTTPError
+
     types = _yt_dlp_types()
     urllib3 = types["urllib3"]
     blocked = types["Blocked"]
@@ -468,7 +505,11 @@ def guarded_request_handler(guard: NetGuard) -> type:
                 guard.check_url(request.url)
             except (BlockedAddressError, InvalidUrlError) as e:
                 raise blocked(e) from e
-            return super()._send(request)
+            try:
+                return _cap_whole_reads(super()._send(request), max_page_bytes, blocked)
+            except HTTPError as e:  # extractors read error bodies too
+                _cap_whole_reads(e.response, max_page_bytes, blocked)
+                raise
 
     return MesoScanGuardedRH
 
@@ -477,10 +518,10 @@ def _no_proxies(*_args: Any, **_kwargs: Any) -> Any:
     raise RuntimeError("proxies are disabled for guarded fetches")
 
 
-def guarded_youtube_dl(params: dict[str, Any], guard: NetGuard) -> Any:
+def guarded_youtube_dl(params: dict[str, Any], guard: NetGuard, max_page_bytes: int = DEFAULT_MAX_PAGE_BYTES) -> Any:
     """A `yt_dlp.YoutubeDL` whose request director holds only the guarded handler."""
     yt_dlp = _yt_dlp_types()["yt_dlp"]
-    handler = guarded_request_handler(guard)
+    handler = guarded_request_handler(guard, max_page_bytes)
 
     class GuardedYoutubeDL(yt_dlp.YoutubeDL):
         @functools.cached_property

@@ -8,7 +8,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from scanner.errors import CorruptVideoError, NotAVideoError, TooLongError
-from scanner.video import PacketIndex, read_index
+from scanner.video import PacketIndex, decode_limits, limit_decoder, read_index
 
 log = logging.getLogger(__name__)
 
@@ -24,11 +24,16 @@ SAFE_OPEN_OPTIONS = {
 """FFmpeg options for opening any media file of MesoScan's: local files only, container demuxers only."""
 
 
-def open_media(path: str | Path):
-    """`av.open` for reading a (possibly downloaded) media file safely; use it for every file that is decoded."""
+def open_media(path: str | Path, max_pixels: int | None = None):
+    """`av.open` for reading a (possibly downloaded) media file safely; use it for every file that is decoded.
+
+    The decoders FFmpeg opens to find the streams' parameters allocate no frame over `max_pixels` (default: the
+    settings' `max_frame_pixels`)."""
     import av
 
-    return av.open(str(path), options=dict(SAFE_OPEN_OPTIONS), metadata_errors="ignore")
+    _, max_pixels, _ = decode_limits(0, max_pixels, 0)
+    options = {**SAFE_OPEN_OPTIONS, "max_pixels": str(max_pixels)}
+    return av.open(str(path), options=options, metadata_errors="ignore")
 
 
 @dataclass(frozen=True)
@@ -75,19 +80,22 @@ def _sniff_container(path: Path) -> str | None:
     return None
 
 
-def probe_video(path: str | Path, max_duration_s: float | None = None) -> VideoInfo:
+def probe_video(path: str | Path, max_duration_s: float | None = None, *, max_frames: int | None = None,
+                max_pixels: int | None = None) -> VideoInfo:
     """Open `path`, check it holds a decodable video stream and describe it.
 
     Raises NotAVideoError (not media, audio only, a still image), CorruptVideoError (looks like a video container but
-    cannot be opened, decoded, or is truncated) and TooLongError (longer than max_duration_s).
+    cannot be opened, decoded, or is truncated), TooLongError (longer than max_duration_s, more than `max_frames`
+    frames) and TooLargeError (frames over `max_pixels`). The frame limits default to the settings'.
     """
 
     path = Path(path)
-    with open_container(path) as container:
-        return _describe(container, path, max_duration_s)
+    max_frames, max_pixels, _ = decode_limits(max_frames, max_pixels, 0)
+    with open_container(path, max_pixels) as container:
+        return _describe(container, path, max_duration_s, max_frames, max_pixels)
 
 
-def open_container(path: Path):
+def open_container(path: Path, max_pixels: int | None = None):
     """`open_media`, with a failure classified: `CorruptVideoError` when the file starts like a video container,
     `NotAVideoError` otherwise."""
     import av
@@ -97,14 +105,14 @@ def open_container(path: Path):
     if path.stat().st_size == 0:
         raise NotAVideoError(f"{path.name} is empty")
     try:
-        return open_media(path)
+        return open_media(path, max_pixels)
     except (av.FFmpegError, UnicodeDecodeError) as e:
         if kind := _sniff_container(path):
             raise CorruptVideoError(f"{path.name} starts like {kind} but cannot be opened: {e}") from e
         raise NotAVideoError(f"{path.name} is not a media file") from e
 
 
-def _describe(container, path: Path, max_duration_s: float | None) -> VideoInfo:
+def _describe(container, path: Path, max_duration_s: float | None, max_frames: int, max_pixels: int) -> VideoInfo:
     import av
 
     fmt = container.format.name
@@ -121,6 +129,7 @@ def _describe(container, path: Path, max_duration_s: float | None) -> VideoInfo:
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else None
 
+    limit_decoder(stream, max_pixels)  # before anything is decoded
     duration = _header_duration(container, stream)
     if max_duration_s is not None and duration is not None and duration > max_duration_s:
         raise TooLongError(f"video lasts {duration:.1f} s, over the {max_duration_s:g} s limit")
@@ -128,7 +137,7 @@ def _describe(container, path: Path, max_duration_s: float | None) -> VideoInfo:
     # Demux every video packet (cheap: no decoding) to count frames and to catch truncation, which a header that was
     # written before the media data (fast-start mp4) does not show. The same pass indexes the packets for sampling.
     try:
-        index = read_index(container, stream)
+        index = read_index(container, stream, max_frames)
     except CorruptVideoError as e:
         raise CorruptVideoError(f"{path.name}: {e}") from None
     packets, keyframes = len(index.pts), sum(index.keyframe)

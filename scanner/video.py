@@ -8,6 +8,12 @@ sequential run, and the decoder jumps (flushes) only across a key frame, where s
 waste work. With sparse key frames (the usual every 10 s of web video) this is plain sequential decoding,
 which beats seeking; with dense key frames it skips whole groups of pictures.
 
+Work per file is bounded (`scanner.config`): at most `max_frames` packets are indexed (`too_long` beyond), frames
+of more than `max_frame_pixels` are refused before the decoder allocates one (`too_large`; FFmpeg's `max_pixels`
+holds even when a stream changes size mid-way), and frames above `frame_pixels` are scaled down by FFmpeg straight
+from YUV, so no full-size RGB array is ever made: detection runs on a small letterbox and face crops of a
+1920×1080 frame are still sharper than the model's 256 px input.
+
 Key-frame mode decodes key frames only (evenly chosen among them, at most `count`): the paper reports only
 a small loss for I-frames (−0.037 for Meso-4), at a fraction of the decode time.
 """
@@ -15,6 +21,7 @@ a small loss for I-frames (−0.037 for Meso-4), at a fraction of the decode tim
 from __future__ import annotations
 
 import bisect
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -22,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import CorruptVideoError, NotAVideoError
+from scanner.errors import CorruptVideoError, NotAVideoError, TooLargeError, TooLongError
 
 
 @dataclass(frozen=True)
@@ -55,21 +62,45 @@ class PacketIndex:
         return float((pts - self.start_pts) * self.time_base)
 
 
-def _open(path: Path):
+def _open(path: Path, max_pixels: int | None = None):
     """Open a media file the safe way (`scanner.probe.open_media`: local files, container demuxers only)."""
     from scanner.probe import open_container
 
-    container = open_container(path)
+    container = open_container(path, max_pixels)
     if not container.streams.video:
         container.close()
         raise NotAVideoError("the file has no video stream")
     return container
 
 
-def read_index(container, stream) -> PacketIndex:
-    """Demux (without decoding) every packet of `stream`; `CorruptVideoError` if that fails or finds none."""
+def decode_limits(max_frames: int | None, max_pixels: int | None, frame_pixels: int | None) -> tuple[int, int, int]:
+    """The decoding limits given, the settings' for those left out."""
+    if None in (max_frames, max_pixels, frame_pixels):
+        from scanner.config import get_settings
+
+        settings = get_settings()
+        max_frames = settings.max_frames if max_frames is None else max_frames
+        max_pixels = settings.max_frame_pixels if max_pixels is None else max_pixels
+        frame_pixels = settings.frame_pixels if frame_pixels is None else frame_pixels
+    return max_frames, max_pixels, frame_pixels  # type: ignore[return-value]
+
+
+def limit_decoder(stream, max_pixels: int) -> None:
+    """Refuse (`TooLargeError`) a stream whose frames are over `max_pixels`, and make its decoder refuse any larger
+    frame later on (before allocating it). Call before the first decode."""
+    ctx = stream.codec_context
+    if ctx.width * ctx.height > max_pixels:
+        raise TooLargeError(f"the video's frames are {ctx.width}×{ctx.height}, over the limit of {max_pixels:,} "
+                            "pixels per frame (MESOSCAN_MAX_FRAME_PIXELS)")
+    ctx.options = {**ctx.options, "max_pixels": str(max_pixels)}
+
+
+def read_index(container, stream, max_frames: int | None = None) -> PacketIndex:
+    """Demux (without decoding) every packet of `stream`; `CorruptVideoError` if that fails or finds none,
+    `TooLongError` past `max_frames` packets (default: the settings')."""
     import av
 
+    max_frames, _, _ = decode_limits(max_frames, 0, 0)
     pts: list[int] = []
     keyframe: list[bool] = []
     end = None
@@ -77,6 +108,8 @@ def read_index(container, stream) -> PacketIndex:
         for packet in container.demux(stream):
             if packet.pts is None or packet.size == 0:
                 continue  # the flush packet, or a packet without timing that no frame comes out of
+            if len(pts) >= max_frames:
+                raise TooLongError(f"the video has more than {max_frames:,} frames (MESOSCAN_MAX_FRAMES)")
             pts.append(packet.pts)
             keyframe.append(bool(packet.is_keyframe))
             end = max(end or packet.pts, packet.pts + (packet.duration or 0))
@@ -89,10 +122,10 @@ def read_index(container, stream) -> PacketIndex:
     return PacketIndex(pts, keyframe, Fraction(stream.time_base), min(pts), end)
 
 
-def index_packets(path: str | Path) -> PacketIndex:
+def index_packets(path: str | Path, max_frames: int | None = None) -> PacketIndex:
     """Demux (without decoding) every video packet of `path`."""
     with _open(Path(path)) as container:
-        return read_index(container, container.streams.video[0])
+        return read_index(container, container.streams.video[0], max_frames)
 
 
 def choose_frames(index: PacketIndex, count: int, keyframes: bool = False) -> list[int]:
@@ -124,8 +157,20 @@ def decode_ranges(index: PacketIndex, wanted: list[int]) -> list[tuple[int, int]
     return [(a, b) for a, b in ranges]
 
 
-def _to_rgb(frame) -> np.ndarray:
-    image = frame.to_ndarray(format="rgb24")
+def scaled_size(width: int, height: int, frame_pixels: int) -> tuple[int, int]:
+    """(width, height) scaled down, aspect kept, to at most `frame_pixels` pixels (unchanged when already)."""
+    if width * height <= frame_pixels:
+        return width, height
+    scale = math.sqrt(frame_pixels / (width * height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def _to_rgb(frame, frame_pixels: int) -> np.ndarray:
+    width, height = scaled_size(frame.width, frame.height, frame_pixels)
+    if (width, height) == (frame.width, frame.height):
+        image = frame.to_ndarray(format="rgb24")
+    else:  # scaled in FFmpeg from the decoder's YUV: the full-size RGB array never exists
+        image = frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="AREA")
     rotation = int(getattr(frame, "rotation", 0) or 0) % 360
     if rotation:
         # The display matrix rotates counter-clockwise by `rotation` degrees.
@@ -134,23 +179,27 @@ def _to_rgb(frame) -> np.ndarray:
 
 
 def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
-                  index: PacketIndex | None = None, threads: int | None = None) -> Iterator[Frame]:
+                  index: PacketIndex | None = None, threads: int | None = None, *, max_frames: int | None = None,
+                  max_pixels: int | None = None, frame_pixels: int | None = None) -> Iterator[Frame]:
     """Yield the sampled frames of `path` in presentation order, decoding only the packets they need.
 
-    `threads` caps the decoder's threads (default: FFmpeg's choice, about one per core)."""
+    `threads` caps the decoder's threads (default: FFmpeg's choice, about one per core). The limits default to
+    the settings' (`MESOSCAN_MAX_FRAMES`, `MESOSCAN_MAX_FRAME_PIXELS`, `MESOSCAN_FRAME_PIXELS`)."""
     import av
 
     path = Path(path)
-    index = index or index_packets(path)
+    max_frames, max_pixels, frame_pixels = decode_limits(max_frames, max_pixels, frame_pixels)
+    index = index or index_packets(path, max_frames)
     wanted = set(choose_frames(index, count, keyframes))
     order = {p: i for i, p in enumerate(index.frame_pts)}
     ranges = decode_ranges(index, sorted(wanted))
     needed = {i for a, b in ranges for i in range(a, b + 1)}
     range_end = {b for _, b in ranges}
 
-    container = _open(path)
+    container = _open(path, max_pixels)
     try:
         stream = container.streams.video[0]
+        limit_decoder(stream, max_pixels)
         stream.thread_type = "AUTO"
         if threads is not None:
             stream.thread_count = threads
@@ -171,10 +220,13 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
             for frame in frames:
                 if frame.pts in wanted:
                     wanted.discard(frame.pts)
-                    yield Frame(order[frame.pts], index.seconds(frame.pts), _to_rgb(frame))
+                    yield Frame(order[frame.pts], index.seconds(frame.pts), _to_rgb(frame, frame_pixels))
             if not wanted:
                 break
     except av.error.FFmpegError as exc:
+        if stream.codec_context.width * stream.codec_context.height > max_pixels:  # grew past the limit mid-way
+            raise TooLargeError(f"the video's frames grow over the limit of {max_pixels:,} pixels per frame "
+                                "(MESOSCAN_MAX_FRAME_PIXELS)") from None
         raise CorruptVideoError(f"the video cannot be decoded ({exc.strerror or exc})") from None
     finally:
         container.close()
