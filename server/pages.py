@@ -1,8 +1,10 @@
-"""The shareable report page `/scans/<id>`: server-rendered HTML and SVG, no JavaScript, everything escaped.
+"""The pages for people: the scan form `/` and the shareable report page `/scans/<id>`, server-rendered, escaped.
 
 Titles and URLs come from videos and their sites, so they are attacker-controlled: Jinja autoescaping renders them
 as text, links are made only for http(s) URLs, face crops are inlined only when they are plain base64, and the
-Content-Security-Policy forbids scripts altogether.
+report's Content-Security-Policy forbids scripts altogether. The form page runs one self-hosted script (uploads with
+progress, then the scan's stage); without it the form posts to `POST /` and the report page refreshes itself.
+Styles are one self-hosted sheet: no page allows inline styles or scripts.
 """
 
 from __future__ import annotations
@@ -19,8 +21,11 @@ from server.models import Scan
 
 bp = Blueprint("pages", __name__)
 
-CSP = ("default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; "
+CSP = ("default-src 'none'; img-src data:; style-src 'self'; base-uri 'none'; form-action 'none'; "
        "frame-ancestors 'none'")
+FORM_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; connect-src 'self'; "
+            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+"""The scan form's policy: its own script, and requests to this gateway only."""
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -109,11 +114,133 @@ def report(scan_id: str):
                            page_link=safe_link(scan.page_url))
 
 
+# --- the scan form ---------------------------------------------------------------------------------------------
+
+
+def _form_context() -> dict:
+    from scanner.config import get_settings as scanner_settings
+    from server.api import _models
+    from server.uploads import ACCEPT
+
+    settings = current_app.config["MESOSCAN"]
+    default, models = _models()
+    minutes, seconds = divmod(int(scanner_settings().max_duration_s), 60)
+    return {
+        "models": [{"name": name, "default": name == default} for name in models],
+        "keys_required": not settings.open_mode,
+        "uploads_enabled": settings.upload_daily_mb > 0,
+        "max_upload_mb": settings.max_upload_mb,
+        "max_upload_bytes": settings.max_upload_bytes,
+        "max_duration": f"{minutes} min" + (f" {seconds} s" if seconds else "") if minutes else f"{seconds} s",
+        "accept": ACCEPT,
+    }
+
+
+def _form_page(status: int = 200, error: dict | None = None, form_url: str = ""):
+    response = current_app.make_response(
+        (render_template("index.html", error=error, form_url=form_url, **_form_context()), status))
+    response.headers["Content-Security-Policy"] = FORM_CSP
+    return response
+
+
+@bp.get("/")
+def index():
+    return _form_page()
+
+
+def _identify(fields: dict[str, str]) -> tuple[int | None, str]:
+    """The form's sender: its API key (a form field: a plain form cannot send headers) or, in open mode, its
+    address; the submission is charged to the same rate limit as the API's."""
+    from flask import g
+
+    from server.limits import _lookup, current_limit, rate_key
+
+    if "form_identified" not in g:
+        settings = current_app.config["MESOSCAN"]
+        raw = (fields.get("api_key") or "").strip()
+        g.api_key_id, g.key_rate_limit = None, None
+        if raw:
+            g.api_key_id, g.key_rate_limit = _lookup(settings.database_url, raw)
+            if g.api_key_id is None:
+                raise ApiError(401, "unauthorized", "unknown or revoked API key")
+        elif not settings.open_mode:
+            raise ApiError(401, "unauthorized", "enter your API key to scan")
+        with current_app.extensions["mesoscan_limiter"].shared_limit(current_limit, scope="submit"):
+            pass
+        g.form_identified = True
+    return g.api_key_id, rate_key()
+
+
+def _submit_form():
+    from flask import g, redirect, request, url_for
+
+    from scanner.errors import ScanError
+    from server import api, jobs, uploads
+    from server.db import session_scope
+    from server.metrics import SUBMISSIONS
+
+    settings = current_app.config["MESOSCAN"]
+    if request.mimetype == "multipart/form-data":
+        upload, state = uploads.accept(request, settings, _identify)
+        fields = upload.fields
+        if upload.path is not None:
+            scan, outcome = uploads.submit_upload(settings, upload, model=state["model"], version=state["version"],
+                                                  api_key_id=state["api_key_id"])
+            if outcome == "created":
+                uploads.publish_upload(scan)
+            SUBMISSIONS.labels(outcome).inc()
+            return redirect(url_for("pages.report", scan_id=scan.id), 303)
+    else:
+        fields = request.form.to_dict()
+    url = (fields.get("url") or "").strip()
+    g.form_url = url[:2048]
+    if not url:
+        raise ApiError(400, "invalid_request", "paste a video link or choose a video file")
+    api_key_id, _who = _identify(fields)
+    try:
+        url = api.check_video_url(url)
+    except ScanError as exc:
+        SUBMISSIONS.labels("rejected").inc()
+        raise ApiError(400, exc.code, exc.message) from None
+    model, version = api._model(fields.get("model") or None)
+    with session_scope(settings.database_url) as session:
+        submission = jobs.submit(session, url=url, page_url=None, model=model, version=version,
+                                 api_key_id=api_key_id, cache_ttl_s=settings.cache_ttl_s)
+    if submission.outcome == "created":
+        api._publish([submission.scan])
+    SUBMISSIONS.labels(submission.outcome).inc()
+    return redirect(url_for("pages.report", scan_id=submission.scan.id), 303)
+
+
+@bp.post("/")
+def submit():
+    """The form without JavaScript: a link or a file becomes a scan, answered with a redirect to its report page
+    (which refreshes itself until the scan is done); a refusal shows the form again with its message."""
+    from flask import g
+    from werkzeug.exceptions import HTTPException
+
+    try:
+        return _submit_form()
+    except ApiError as exc:
+        error, status, headers = {"code": exc.code, "message": exc.message}, exc.status, exc.headers
+    except HTTPException as exc:  # the rate limiter (429), a body over the form limit (413), ...
+        from server.errors import CODES
+
+        status = exc.code or 400
+        error = {"code": CODES.get(status, "invalid_request"),
+                 "message": "too many scans from this key or address; try again in a minute" if status == 429
+                 else (exc.description or exc.name)}
+        headers = {"Retry-After": "60"} if status == 429 else {}
+    response = _form_page(status, error, g.get("form_url", ""))
+    response.headers.update(headers)
+    return response
+
+
 @bp.after_app_request
 def _security_headers(response):
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.mimetype == "text/html":
-        response.headers["Content-Security-Policy"] = CSP
+        response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["X-Frame-Options"] = "DENY"
     return response
