@@ -629,7 +629,9 @@ class Batch:
             error = answer.get("error") or {}
             codes = schema()["properties"]["error"]["properties"]["code"]["enum"]
             code = error.get("code") if error.get("code") in codes else "invalid_url"
-            return _failed(item.target.value, code, f"rejected by the gateway: {error.get('message')}")
+            return _failed(
+                item.target.value, code, f"row {item.rows[0].number}: rejected by the gateway: {error.get('message')}"
+            )
         if status not in ("done", "failed"):
             return None
         scan = gateway.scan(answer["scan_id"])

@@ -54,7 +54,7 @@ class Gateway:
         while not self.should_stop() and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def request(self, method: str, url: str, **kwargs) -> Any:
+    def request(self, method: str, url: str, attempts: int = CONNECT_ATTEMPTS, **kwargs) -> Any:
         """The JSON answer; waits out 429/503 (Retry-After) and connection failures; raises GatewayError."""
         failures = 0
         while True:
@@ -62,7 +62,7 @@ class Gateway:
                 response = self.http.request(method, url, timeout=self.timeout_s, **kwargs)
             except requests.RequestException as exc:
                 failures += 1
-                if failures >= CONNECT_ATTEMPTS or self.should_stop():
+                if failures >= attempts or self.should_stop():
                     raise GatewayError(f"cannot reach the gateway at {self.base}: {exc}") from None
                 self._sleep(min(2.0**failures / 2, 8.0))
                 continue
@@ -84,7 +84,7 @@ class Gateway:
                 raise GatewayRequestError(f"the gateway refused the request: {_message(response)}")
             if response.status_code >= 500:
                 failures += 1
-                if failures >= CONNECT_ATTEMPTS:
+                if failures >= attempts:
                     raise GatewayError(f"the gateway keeps failing: HTTP {response.status_code} {_message(response)}")
                 self._sleep(min(2.0**failures / 2, 8.0))
                 continue
@@ -95,7 +95,7 @@ class Gateway:
 
     def check(self) -> int:
         """Reachable, a MesoScan gateway, the key accepted; returns its batch limit."""
-        spec = self.request("GET", f"{self.base}/api/v1/openapi.json")
+        spec = self.request("GET", f"{self.base}/api/v1/openapi.json", attempts=2)  # fail fast at the start
         try:
             limit = int(spec["components"]["schemas"]["BatchRequest"]["properties"]["urls"]["maxItems"])
         except (KeyError, TypeError, ValueError):
