@@ -63,6 +63,7 @@ bench: setup
 	$(BIN)/python -m tests.bench.bench_detect
 	$(BIN)/python -m tests.bench.bench_scan
 	$(BIN)/python -m tests.bench.bench_gateway
+	$(BIN)/python -m tests.bench.bench_upload
 
 lint: setup
 	$(BIN)/ruff check .

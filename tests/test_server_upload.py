@@ -9,6 +9,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,8 +32,13 @@ def clips() -> list[Path]:
 def upload(stack_or_base, data: bytes, name: str = "clip.mp4", key: str | None = None, **fields) -> requests.Response:
     base = stack_or_base if isinstance(stack_or_base, str) else stack_or_base.base_url
     key = key or stack_or_base.api_key
-    return requests.post(f"{base}/api/v1/scans", headers={"X-API-Key": key}, data=fields,
-                         files={"file": (name, data, "video/mp4")}, timeout=60)
+    return requests.post(
+        f"{base}/api/v1/scans",
+        headers={"X-API-Key": key},
+        data=fields,
+        files={"file": (name, data, "video/mp4")},
+        timeout=60,
+    )
 
 
 def stored(directory: Path) -> list[str]:
@@ -51,8 +57,9 @@ def cli_documents(paths: list[Path], env: dict[str, str]) -> dict[str, dict]:
         "    out[path] = json.loads(result.stdout[result.stdout.index('{'):])\n"
         "print(json.dumps(out))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code, *map(str, paths)], env=env, capture_output=True, text=True,
-                          timeout=600, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *map(str, paths)], env=env, capture_output=True, text=True, timeout=600, check=True
+    )
     return {Path(k).name: v for k, v in json.loads(done.stdout.splitlines()[-1]).items()}
 
 
@@ -74,9 +81,15 @@ def limits(server_stack, tmp_path_factory):
         upgrade(database_url)
         with session_scope(database_url) as session:
             key = create_key(session, "upload limits").key
-        env = service_env(database_url, server_stack.redis.url, MESOSCAN_UPLOAD_DIR=str(directory),
-                          MESOSCAN_MAX_UPLOAD_MB=str(LIMIT_MB), MESOSCAN_MAX_DURATION_S="1",
-                          MESOSCAN_CACHE_TTL_S="0", MESOSCAN_QUEUE="mesoscan.upload-limits")
+        env = service_env(
+            database_url,
+            server_stack.redis.url,
+            MESOSCAN_UPLOAD_DIR=str(directory),
+            MESOSCAN_MAX_UPLOAD_MB=str(LIMIT_MB),
+            MESOSCAN_MAX_DURATION_S="1",
+            MESOSCAN_CACHE_TTL_S="0",
+            MESOSCAN_QUEUE="mesoscan.upload-limits",
+        )
         gateway, base = start_gateway(env, tmp_path_factory.mktemp("limit-logs"))
         try:
             yield {"base": base, "key": key, "dir": directory, "db": database_url, "gateway": gateway}
@@ -158,8 +171,12 @@ def test_the_gateway_rejects_requests_without_a_file(server_stack):
     http = server_stack.session()
     r = http.post(f"{server_stack.base_url}/api/v1/scans", files={"model": (None, "meso4_dfdc")}, timeout=10)
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
-    r = http.post(f"{server_stack.base_url}/api/v1/scans", data={"model": "no-such-model"},
-                  files={"file": ("a.mp4", b"x" * 1000)}, timeout=10)
+    r = http.post(
+        f"{server_stack.base_url}/api/v1/scans",
+        data={"model": "no-such-model"},
+        files={"file": ("a.mp4", b"x" * 1000)},
+        timeout=10,
+    )
     assert r.status_code == 400 and r.json()["error"]["code"] == "unknown_model"
     r = requests.post(f"{server_stack.base_url}/api/v1/scans", files={"file": ("a.mp4", b"x" * 1000)}, timeout=10)
     assert r.status_code == 401
@@ -170,15 +187,22 @@ def test_the_gateway_rejects_requests_without_a_file(server_stack):
 
 
 def multipart_head(boundary: str, file_name: bytes = b"clip.mp4") -> bytes:
-    return (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"".encode() + file_name
-            + b"\"\r\nContent-Type: video/mp4\r\n\r\n")
+    return (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="'.encode()
+        + file_name
+        + b'"\r\nContent-Type: video/mp4\r\n\r\n'
+    )
 
 
 def raw_request(base: str, key: str, headers: dict[str, str]) -> socket.socket:
     host, port = base.removeprefix("http://").split(":")
     sock = socket.create_connection((host, int(port)), timeout=10)
-    lines = ["POST /api/v1/scans HTTP/1.1", f"Host: {host}:{port}", f"X-API-Key: {key}",
-             *(f"{k}: {v}" for k, v in headers.items())]
+    lines = [
+        "POST /api/v1/scans HTTP/1.1",
+        f"Host: {host}:{port}",
+        f"X-API-Key: {key}",
+        *(f"{k}: {v}" for k, v in headers.items()),
+    ]
     sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
     return sock
 
@@ -192,8 +216,9 @@ def read_response(sock: socket.socket) -> tuple[int, dict]:
         data += chunk
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ")[1])
-    length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(
-        b"content-length:")), None)
+    length = next(
+        (int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")), None
+    )
     while length is not None and len(body) < length:
         chunk = sock.recv(65536)
         if not chunk:
@@ -204,9 +229,11 @@ def read_response(sock: socket.socket) -> tuple[int, dict]:
 
 def test_a_declared_size_over_the_limit_is_refused_before_any_byte(limits):
     boundary = secrets.token_hex(8)
-    sock = raw_request(limits["base"], limits["key"], {
-        "Content-Type": f"multipart/form-data; boundary={boundary}",
-        "Content-Length": str(5 * LIMIT_MB * 1_000_000)})
+    sock = raw_request(
+        limits["base"],
+        limits["key"],
+        {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(5 * LIMIT_MB * 1_000_000)},
+    )
     try:
         status, body = read_response(sock)  # not one byte of the body was sent
     finally:
@@ -219,8 +246,11 @@ def test_a_stream_is_refused_the_moment_it_passes_the_limit(limits):
     """Chunked, so the gateway cannot know the size up front: it must count while reading, keep the partial file
     on disk (not in memory) until then, answer 413 once the limit is passed, and leave nothing behind."""
     boundary = secrets.token_hex(8)
-    sock = raw_request(limits["base"], limits["key"], {
-        "Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"})
+    sock = raw_request(
+        limits["base"],
+        limits["key"],
+        {"Content-Type": f"multipart/form-data; boundary={boundary}", "Transfer-Encoding": "chunked"},
+    )
     block = os.urandom(64 * 1024)
 
     def chunk(data: bytes) -> bytes:
@@ -232,8 +262,9 @@ def test_a_stream_is_refused_the_moment_it_passes_the_limit(limits):
         while sent < LIMIT_MB * 1_000_000 // 2:
             sock.sendall(chunk(block))
             sent += len(block)
-        parts = wait_for(lambda: [n for n in stored(limits["dir"]) if n.startswith(".part-")], 10,
-                         what="the partial upload on disk")
+        parts = wait_for(
+            lambda: [n for n in stored(limits["dir"]) if n.startswith(".part-")], 10, what="the partial upload on disk"
+        )
         assert len(parts) == 1
         while sent <= LIMIT_MB * 1_000_000 + 64 * 1024:
             sock.sendall(chunk(block))
@@ -265,9 +296,25 @@ def test_a_client_that_hangs_up_mid_upload_leaves_nothing(limits, chunked):
 def short_clip(tmp_path_factory) -> bytes:
     """Half a second of video: under the `limits` gateway's 1 s and 1 MB, so it is accepted and stays stored."""
     path = tmp_path_factory.mktemp("short") / "short.mp4"
-    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                    "testsrc=duration=0.5:size=160x120:rate=10", "-pix_fmt", "yuv420p", "-c:v", "libx264",
-                    str(path)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-nostdin",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=duration=0.5:size=160x120:rate=10",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            str(path),
+        ],
+        check=True,
+    )
     return path.read_bytes()
 
 
@@ -277,14 +324,26 @@ def test_path_tricks_in_the_file_name_change_nothing_on_disk(limits, short_clip)
 
     directory = limits["dir"]
     around = {p: sorted(x.name for x in p.iterdir()) for p in (directory.parent, directory.parent.parent)}
-    names = [b"../../x.mp4", b"../" * 40 + b"tmp/evil.mp4", b"/etc/passwd", b"..\\..\\win.ini", b"a\x00b.mp4",
-             b"nul\x00", b"long" + b"a" * 5000 + b".mp4", b".part-abc", "vid\u00e9o \u2014 caf\u00e9.mp4".encode()]
+    names = [
+        b"../../x.mp4",
+        b"../" * 40 + b"tmp/evil.mp4",
+        b"/etc/passwd",
+        b"..\\..\\win.ini",
+        b"a\x00b.mp4",
+        b"nul\x00",
+        b"long" + b"a" * 5000 + b".mp4",
+        b".part-abc",
+        "vid\u00e9o \u2014 caf\u00e9.mp4".encode(),
+    ]
     ids = {}
     for raw in names:
         boundary = secrets.token_hex(8)
         body = multipart_head(boundary, raw) + short_clip + f"\r\n--{boundary}--\r\n".encode()
-        sock = raw_request(limits["base"], limits["key"], {
-            "Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(body))})
+        sock = raw_request(
+            limits["base"],
+            limits["key"],
+            {"Content-Type": f"multipart/form-data; boundary={boundary}", "Content-Length": str(len(body))},
+        )
         try:
             sock.sendall(body)
             status, answer = read_response(sock)
@@ -307,3 +366,102 @@ def test_path_tricks_in_the_file_name_change_nothing_on_disk(limits, short_clip)
     assert rows == {scan_id: name for scan_id, (_raw, name) in ids.items()}
     for scan_id in ids:  # the gateway itself never removes a queued scan's file; the test does
         (directory / scan_id).unlink()
+
+
+# --- the daily byte budget and the rate limit (in process, on the real PostgreSQL and Redis) ------------------------
+
+
+def test_uploads_count_their_bytes_against_a_daily_budget_per_key(make_app, pg_url, tmp_path, stack_redis):
+    import io
+
+    from server.db import session_scope
+    from server.keys import create_key
+
+    with session_scope(pg_url) as session:
+        first, second = create_key(session, "budget a").key, create_key(session, "budget b").key
+    clip = (require_shared(VIDEOS_DIR) / "ffpp_004.mp4").read_bytes()  # 0.18 MB
+    app = make_app(upload_daily_mb=0.5, upload_dir=tmp_path, cache_ttl_s=0, queue="mesoscan.budget-tests")
+    client = app.test_client()
+
+    def send(key: str, data: bytes = clip):
+        return client.post(
+            "/api/v1/scans",
+            headers={"X-API-Key": key},
+            content_type="multipart/form-data",
+            data={"file": (io.BytesIO(data), "clip.mp4")},
+        )
+
+    try:
+        assert send(first).status_code == 202 and send(first).status_code == 202  # 0.36 MB of 0.5
+        refused = send(first)
+        assert refused.status_code == 429, refused.get_json()
+        assert refused.get_json()["error"]["code"] == "upload_budget_exceeded"
+        assert 0 < int(refused.headers["Retry-After"]) <= 86400
+        assert send(second).status_code == 202  # another key has its own budget
+        # Bytes received count even when the file is refused afterwards.
+        assert send(second, b"not a video " * 20_000).status_code == 422  # 0.24 MB
+        assert send(second).status_code == 429
+        stored_names = [p.name for p in tmp_path.iterdir()]
+        assert len(stored_names) == 3 and not any(n.startswith(".part-") for n in stored_names)
+    finally:
+        stack_redis.client().delete("mesoscan.budget-tests")
+
+
+def test_uploads_count_against_the_submission_rate_limit(make_app, pg_url, tmp_path, stack_redis):
+    import io
+
+    from server.db import session_scope
+    from server.keys import create_key
+
+    with session_scope(pg_url) as session:
+        key = create_key(session, "upload rate").key
+    app = make_app(rate_limit="2/minute", upload_dir=tmp_path, queue="mesoscan.budget-tests")
+    client = app.test_client()
+    clip = (require_shared(VIDEOS_DIR) / "ffpp_004.mp4").read_bytes()
+    try:
+        answers = [
+            client.post(
+                "/api/v1/scans",
+                headers={"X-API-Key": key},
+                content_type="multipart/form-data",
+                data={"file": (io.BytesIO(clip), "clip.mp4")},
+            ).status_code
+            for _ in range(3)
+        ]
+        assert answers[0] == 202 and answers[1] in (200, 202) and answers[2] == 429
+        assert (
+            client.post(
+                "/api/v1/scans", headers={"X-API-Key": key}, json={"url": "https://videos.example/x.mp4"}
+            ).status_code
+            == 429
+        )  # one budget for both
+    finally:
+        stack_redis.client().delete("mesoscan.budget-tests")
+
+
+def test_the_recovery_job_removes_what_crashes_left_behind(server_stack):
+    """A worker that died after its scan ended leaves the stored file; a gateway that died mid-upload leaves a
+    partial one: the workers' recovery round removes both (and files of scans that no longer exist), and keeps a
+    partial upload that may still be arriving."""
+    from server.db import session_scope
+    from server.models import Scan
+
+    stack = server_stack
+    first = upload(stack, (require_shared(VIDEOS_DIR) / "ffpp_634.mp4").read_bytes(), name="ended.mp4")
+    ended = stack.wait_scan(first.json()["id"], timeout=240)
+    assert ended["status"] == "done"
+    with session_scope(stack.database_url) as session:
+        assert session.get(Scan, ended["id"]).status == "done"
+    directory = stack.upload_dir
+    leftovers = [directory / ended["id"], directory / secrets.token_urlsafe(16), directory / ".part-abandoned"]
+    for path in leftovers:
+        path.write_bytes(b"x" * 1000)
+    hour_ago = time.time() - 2 * 3600
+    os.utime(directory / ".part-abandoned", (hour_ago, hour_ago))
+    arriving = directory / ".part-arriving"
+    arriving.write_bytes(b"x" * 1000)
+    try:
+        wait_for(lambda: not any(p.exists() for p in leftovers), 20, what="the recovery job to sweep the uploads")
+        assert arriving.exists()
+    finally:
+        arriving.unlink(missing_ok=True)
