@@ -10,9 +10,9 @@ popup shows is checked against the gateway's own document for the scan. Screensh
 from __future__ import annotations
 
 import json
-import sqlite3
-import sys
+import re
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,8 +21,9 @@ import requests
 
 from tests.conftest import ROOT, VIDEOS_DIR, require_shared
 from tests.support.browser import assert_clean, extension_context, watch
+from tests.support.extension import Browser, DevGateway, build_extension, chrome_extension_id
 from tests.support.media_server import MediaServer
-from tests.support.server_stack import Service, free_port, service_env, start_gateway, wait_for
+from tests.support.server_stack import free_port, service_env, start_gateway, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -37,23 +38,6 @@ LABEL_WORDS = {
 BADGE_TEXT = {"fake": "FAKE", "real": "OK", "uncertain": "?", "no_face": "–"}
 
 
-def chrome_extension_id(path: Path) -> str:
-    """Chromium's id for an unpacked extension: its absolute path's sha256, first 32 hex digits written a–p."""
-    import hashlib
-
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:32]
-    return "".join(chr(ord("a") + int(c, 16)) for c in digest)
-
-
-def build_extension(out: Path) -> Path:
-    import subprocess
-
-    subprocess.run(
-        [sys.executable, str(ROOT / "extension" / "package.py"), "--out", str(out)], check=True, capture_output=True
-    )
-    return out / "chrome"
-
-
 # --- servers -----------------------------------------------------------------------------------------------------
 
 
@@ -64,43 +48,6 @@ def media(tmp_path_factory) -> Iterator[MediaServer]:
     files = {CLIP: require_shared(VIDEOS_DIR) / CLIP, "text.mp4": text}
     with MediaServer(files=files) as server:
         yield server
-
-
-class DevGateway:
-    def __init__(self, tmp: Path):
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        self.db = tmp / "dev.db"
-        env = service_env(f"sqlite:///{self.db}", "memory://")  # --dev keeps its own queue in memory
-        self.service = Service(
-            "dev gateway",
-            [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(self.port)],
-            env,
-            tmp / "dev.log",
-        )
-
-    def start(self) -> DevGateway:
-        self.service.start()
-
-        def up() -> bool:
-            self.service.check_alive()
-            try:
-                return requests.get(f"{self.base}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 90, interval=0.2, what="mesoscan serve --dev")
-        return self
-
-    def scans(self) -> list[dict]:
-        with sqlite3.connect(self.db) as db:
-            return [
-                {"id": r[0], "url": r[1], "page_url": r[2]}
-                for r in db.execute("SELECT id, url, page_url FROM scans ORDER BY created_at")
-            ]
-
-    def scan(self, scan_id: str) -> dict:
-        return requests.get(f"{self.base}/api/v1/scans/{scan_id}", timeout=5).json()
 
 
 @pytest.fixture(scope="module")
@@ -115,80 +62,6 @@ def gateway(tmp_path_factory) -> Iterator[DevGateway]:
 @pytest.fixture(scope="module")
 def extension_dir(tmp_path_factory) -> Path:
     return build_extension(tmp_path_factory.mktemp("extension"))
-
-
-class Browser:
-    """The persistent context with the extension, plus what the tests do with it."""
-
-    def __init__(self, context, extension_id: str):
-        self.context = context
-        self.id = extension_id
-        self.cdp = context.browser.new_browser_cdp_session()
-        self.origin = f"chrome-extension://{extension_id}"
-
-    def worker(self):
-        live = [w for w in self.context.service_workers if w.url.startswith(self.origin)]
-        return live[-1] if live else self.context.wait_for_event("serviceworker", timeout=20_000)
-
-    def targets(self, kind: str | None = None) -> list[dict]:
-        params = {"filter": [{"type": kind}]} if kind else {}
-        return self.cdp.send("Target.getTargets", params)["targetInfos"]
-
-    def ext_page(self, path: str = "options.html"):
-        page = self.context.new_page()
-        page.goto(f"{self.origin}/{path}")
-        return page
-
-    def evaluate(self, expression: str):
-        """Runs in an extension page (it does not wake the service worker, which tests may have stopped)."""
-        if not hasattr(self, "_helper") or self._helper.is_closed():
-            self._helper = self.ext_page("options.html")
-        return self._helper.evaluate(expression)
-
-    def reset(self, **settings) -> None:
-        values = {"gatewayUrl": "http://127.0.0.1:8000", "apiKey": "", "model": "", "overlay": True} | settings
-        self.evaluate(
-            f"chrome.storage.local.clear().then(() => chrome.storage.local.set({{settings: {json.dumps(values)}}}))"
-            ".then(() => chrome.storage.session.clear())"
-        )
-
-    def click_action(self, page) -> int:
-        """Clicks the toolbar button on `page`'s tab (grants activeTab as a user's click does); returns the tab id.
-        The popup that opens is closed again: tests open it in a tab of its own."""
-        url = page.url
-        before = {t["targetId"] for t in self.targets("page")}
-        tab = next(t for t in self.targets("tab") if t["url"] == url)
-        self.cdp.send("Extensions.triggerAction", {"id": self.id, "targetId": tab["targetId"]})
-
-        def opened():
-            return [
-                t
-                for t in self.targets("page")
-                if t["url"].startswith(f"{self.origin}/popup.html") and t["targetId"] not in before
-            ]
-
-        for target in wait_for(opened, 10, what="the action's popup"):
-            self.cdp.send("Target.closeTarget", {"targetId": target["targetId"]})
-        ids = wait_for(
-            lambda: self.evaluate(
-                f"chrome.tabs.query({{}}).then(ts => ts.filter(t => t.url === {json.dumps(url)}).map(t => t.id))"
-            ),
-            5,
-            what="the tab's id",
-        )
-        return ids[0]
-
-    def popup(self, tab_id: int):
-        page = self.context.new_page()
-        watch(page)
-        page.goto(f"{self.origin}/popup.html?tab={tab_id}")
-        return page
-
-    def badge(self, tab_id: int) -> str:
-        return self.evaluate(f"chrome.action.getBadgeText({{tabId: {tab_id}}})")
-
-    def tab_state(self, tab_id: int) -> dict | None:
-        return self.evaluate(f"chrome.storage.session.get('tab:{tab_id}').then(s => s['tab:{tab_id}'] ?? null)")
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +90,7 @@ def shot(page, name: str) -> None:
 
 def scan_id_of(popup) -> str:
     href = popup.locator("a.report").first.get_attribute("href")
-    return href.rstrip("/").rsplit("/", 1)[1]
+    return urllib.parse.urlsplit(href).path.rstrip("/").rsplit("/", 1)[1]
 
 
 def check_against_document(popup, result: dict) -> None:
@@ -265,7 +138,8 @@ def test_popup_scan_shows_the_gateways_verdict_badge_label_and_seeks(browser, ga
     result = scan["result"]
     check_against_document(popup, result)
     assert popup.locator(".error").count() == 0
-    assert popup.locator("a.report").get_attribute("href") == f"{gateway.base}/scans/{scan['id']}"
+    assert scan["report_url"].startswith(f"{gateway.base}/scans/{scan['id']}")
+    assert popup.locator("a.report").get_attribute("href") == scan["report_url"]  # with the submitter's page
     label = result["verdict"]["label"]
     assert browser.badge(tab) == BADGE_TEXT[label]
 
@@ -274,7 +148,7 @@ def test_popup_scan_shows_the_gateways_verdict_badge_label_and_seeks(browser, ga
     text.wait_for(timeout=10_000)
     assert text.inner_text() == f"MesoScan: {LABEL_WORDS[label]}"
     link = page.locator("#mesoscan-verdict-label a")
-    assert link.get_attribute("href") == f"{gateway.base}/scans/{scan['id']}"
+    assert link.get_attribute("href") == scan["report_url"]
     box = page.locator("#mesoscan-verdict-label .box").bounding_box()
     video = page.locator("video").bounding_box()
     assert box["y"] + box["height"] <= video["y"] + 1 or box["y"] + box["height"] < video["y"] + video["height"] - 40
@@ -315,15 +189,24 @@ def test_popup_scan_shows_the_gateways_verdict_badge_label_and_seeks(browser, ga
     assert "Seen before" in popup.locator(".seen-before").inner_text()
     check_against_document(popup, result)
     assert popup.locator("button.scan").inner_text() == "Rescan"
+    # the side panel shows the same for the tab
+    panel = browser.context.new_page()
+    watch(panel)
+    panel.goto(f"{browser.origin}/sidepanel.html?tab={tab}")
+    panel.locator(".verdict").wait_for(timeout=5_000)
+    check_against_document(panel, result)
+    assert panel.locator("body[data-mode=panel]").count() == 1 and panel.locator(".open-panel").count() == 0
     time.sleep(1)
     assert len(gateway.scans()) == before + 1
     assert_clean(popup)
+    assert_clean(panel)
+    panel.close()
     popup.close()
     page.close()
 
 
 def test_a_blob_video_sends_the_page_url(browser, gateway, media):
-    browser.reset(gatewayUrl=gateway.base)
+    browser.reset(gatewayUrl=gateway.base, overlay=False)
     page = browser.context.new_page()
     watch(page)
     page.goto(media.url(f"/page/blob/{CLIP}"))
@@ -337,6 +220,8 @@ def test_a_blob_video_sends_the_page_url(browser, gateway, media):
     last = gateway.scans()[-1]
     assert last["url"] == page_url and last["page_url"] == page_url  # never the blob: URL
     assert popup.locator(".verdict").count() == 1, popup.locator("main").inner_text()
+    time.sleep(1)
+    assert page.locator("#mesoscan-verdict-label").count() == 0  # the on-page label is off in the settings
     assert_clean(page)
     assert_clean(popup)
     popup.close()
@@ -351,7 +236,15 @@ def test_the_scan_ends_with_the_popup_closed_and_the_worker_killed(browser, gate
     popup = browser.popup(tab)
     popup.locator("button.scan").click()
     popup.locator(".progress").wait_for(timeout=10_000)
-    wait_for(lambda: (browser.tab_state(tab) or {}).get("scanId"), 10, what="the scan to be queued")
+    # the worker's stage and fraction, in words
+    stage = popup.locator(".progress .stage")
+    wait_for(
+        lambda: re.fullmatch(r"Downloading the video · \d+ %", stage.inner_text()),
+        20,
+        interval=0.05,
+        what="the download's progress",
+    )
+    assert browser.badge(tab) == "…"
     popup.close()
     workers = [t for t in browser.targets("service_worker") if t["url"].startswith(browser.origin)]
     assert workers, "no service worker to kill"
@@ -377,6 +270,87 @@ def test_the_scan_ends_with_the_popup_closed_and_the_worker_killed(browser, gate
     assert stored and stored["scan"]["id"] == state["scanId"]
     page.locator("#mesoscan-verdict-label .text").wait_for(timeout=10_000)
     page.close()
+
+
+def test_stop_waiting_leaves_the_scan_to_the_gateway(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    slow = media.url(f"/drip/{CLIP}?chunk=8192&every=0.15")
+    page = video_page(browser, media.url(f"/page/embed?src={requests.utils.quote(slow, safe='')}"))
+    tab = browser.click_action(page)
+    popup = browser.popup(tab)
+    popup.locator("button.scan").click()
+    popup.locator(".progress").wait_for(timeout=10_000)
+    scan_id = wait_for(lambda: (browser.tab_state(tab) or {}).get("scanId"), 10, what="the scan to be queued")
+    popup.locator("button.cancel").click()
+    popup.locator("button.scan").wait_for(timeout=5_000)
+    assert popup.locator(".note").inner_text().startswith("You stopped waiting")
+    assert browser.tab_state(tab)["state"] == "cancelled" and browser.badge(tab) == ""
+    done = wait_for(
+        lambda: (s := gateway.scan(scan_id))["status"] in ("done", "failed") and s,
+        120,
+        interval=0.5,
+        what="the gateway to finish the scan anyway",
+    )
+    assert done["status"] == "done"
+    time.sleep(2)  # the worker no longer waits for it: no badge, no label
+    assert browser.tab_state(tab)["state"] == "cancelled" and browser.badge(tab) == ""
+    assert page.locator("#mesoscan-verdict-label").count() == 0
+    assert_clean(popup)
+    popup.close()
+    page.close()
+
+
+def test_options_list_the_gateways_models_test_and_save(browser, gateway):
+    browser.reset(gatewayUrl=f"http://127.0.0.1:{free_port()}")
+    options = browser.context.new_page()
+    watch(options)
+    options.goto(f"{browser.origin}/options.html")
+    assert options.locator("#apiKey").get_attribute("type") == "password"
+    options.locator("#test").click()
+    wait_for(
+        lambda: options.locator("#status").inner_text().startswith("The gateway cannot be reached"),
+        10,
+        what="the unreachable gateway's words",
+    )
+    models = requests.get(f"{gateway.base}/api/v1/models", timeout=5).json()
+    options.locator("#gatewayUrl").fill(gateway.base + "/")
+    options.locator("#apiKey").fill("secret-key-1")  # a key the gateway does not know (open mode refuses it too)
+    options.locator("#test").click()
+    wait_for(
+        lambda: options.locator("#status").inner_text().startswith("The API key was refused"),
+        10,
+        what="the refused key's words",
+    )
+    options.locator("#apiKey").fill("")
+    options.locator("#test").click()
+    wait_for(lambda: options.locator("#status").inner_text().startswith("Connected"), 10, what="Test connection")
+    options.locator("#apiKey").fill("secret-key-1")
+    assert (
+        f"offers {len(models['models'])} models (default: {models['default']})"
+        in options.locator("#status").inner_text()
+    )
+    values = options.locator("#model option").evaluate_all("os => os.map(o => o.value)")
+    assert values == ["", *[m["name"] for m in models["models"]]]
+    assert models["default"] in options.locator("#model option").first.inner_text()
+    options.locator("#model").select_option("mesoinception4_dfdc")
+    options.locator("#overlay").uncheck()
+    options.locator("#save").click()
+    wait_for(lambda: options.locator("#status").inner_text() == "Saved.", 5, what="Save")
+    saved = browser.evaluate("chrome.storage.local.get('settings').then(s => s.settings)")
+    assert saved == {
+        "gatewayUrl": gateway.base,
+        "apiKey": "secret-key-1",
+        "model": "mesoinception4_dfdc",
+        "overlay": False,
+    }
+    assert browser.evaluate("chrome.storage.sync.get(null)") == {}  # never synced
+    options.reload()
+    assert options.locator("#gatewayUrl").input_value() == gateway.base
+    wait_for(lambda: options.locator("#model").input_value() == "mesoinception4_dfdc", 5, what="the saved model")
+    assert not options.locator("#overlay").is_checked()
+    shot(options, "options")
+    assert not options.remote_requests
+    options.close()
 
 
 def test_context_menu_is_made_at_install_and_scans_the_video_source(browser, gateway, media):

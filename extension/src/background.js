@@ -10,7 +10,7 @@ import {
   getSettings, getTabState, keepVerdict, runningTabs, setTabState, tabKey,
 } from "./store.js";
 import { chooseMenuTarget } from "./urls.js";
-import { BADGES, badgeFor, percent } from "./view.js";
+import { BADGES, badgeFor, percent, reportLink } from "./view.js";
 
 const MENU_ID = "mesoscan-scan";
 const ALARM = "mesoscan-poll";
@@ -222,7 +222,7 @@ async function labelPage(tabId, scan, state) {
     text: `MesoScan: ${t(`label_${kind}`)}`,
     detail: pct === null ? "" : t("overlayScore", [String(pct)]),
     color: BADGES[kind].color,
-    link: `${state.gatewayUrl}/scans/${encodeURIComponent(scan.id)}`,
+    link: reportLink(scan, state.gatewayUrl),
     linkText: t("overlayReport"),
     close: t("overlayClose"),
     src: state.via === "media" ? state.url : undefined,

@@ -124,6 +124,24 @@ function round2(v) {
 }
 
 /**
+ * The scan's shareable report page: the gateway's own `report_url` when it is on the configured gateway (it may
+ * carry the submitter's page token), else `<gateway>/scans/<id>`. Null when the gateway is not http(s).
+ * @param {{id?: string, report_url?: string}} scan
+ * @param {string} gateway
+ */
+export function reportLink(scan, gateway) {
+  const base = safeHttpUrl(gateway);
+  if (!scan.id || base === null) return null;
+  const own = `${gateway.trim().replace(/\/+$/, "")}/scans/${encodeURIComponent(scan.id)}`;
+  const given = safeHttpUrl(scan.report_url);
+  if (given !== null) {
+    const url = new URL(given);
+    if (url.origin === new URL(base).origin && `${url.origin}${url.pathname}` === own) return given;
+  }
+  return safeHttpUrl(own);
+}
+
+/**
  * @typedef {object} Scan the gateway's scan JSON
  * @property {string} id
  * @property {string} status queued, running, done or failed
@@ -131,6 +149,7 @@ function round2(v) {
  * @property {{name: string, version: number}} [model]
  * @property {string} [url]
  * @property {any} [result] the verdict document
+ * @property {string} [report_url]
  */
 
 /**
@@ -140,8 +159,7 @@ function round2(v) {
  * @param {{gatewayUrl?: string}} [options]
  */
 export function scanView(scan, options = {}) {
-  const gateway = options.gatewayUrl ?? "";
-  const reportUrl = scan.id && gateway ? safeHttpUrl(`${gateway.replace(/\/+$/, "")}/scans/${encodeURIComponent(scan.id)}`) : null;
+  const reportUrl = reportLink(scan, options.gatewayUrl ?? "");
   if (scan.status === "queued" || scan.status === "running") {
     const stage = scan.status === "queued" ? "stage_queued" : STAGES[/** @type {keyof STAGES} */ (scan.progress?.stage)] ?? "stage_running";
     const fraction = Number(scan.progress?.fraction);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { BADGES, CHART, MAX_FACES, badgeFor, formatTime, scanView, scoreLabel, timelineGeometry } from "../src/view.js";
+import { BADGES, CHART, MAX_FACES, badgeFor, formatTime, reportLink, scanView, scoreLabel, timelineGeometry } from "../src/view.js";
 
 const JPEG = "/9j/4AAQSkZJRgABAQAAAQABAAD/2wBDAAgGBgcGBQgHBwcJCQgKDBQNDAsLDBkSEw8UHRofHh0aHBwgJC4nICIsIxwcKDcpLDAxNDQ0Hyc5PTgyPC4zNDL/";
 
@@ -102,6 +102,15 @@ test("scores against the threshold, times, badges", () => {
   assert.equal(formatTime(59.6), "1:00");
   assert.deepEqual(Object.keys(BADGES).sort(), ["failed", "fake", "no_face", "real", "running", "uncertain"]);
   assert.equal(badgeFor(scan(doc("no_face"))), "no_face");
+});
+
+test("the report link: the gateway's own (with its page token) when it is on the gateway, else built", () => {
+  const gw = "http://127.0.0.1:8000";
+  assert.equal(reportLink({ id: "abc", report_url: "http://127.0.0.1:8000/scans/abc?s=tok" }, gw), "http://127.0.0.1:8000/scans/abc?s=tok");
+  assert.equal(reportLink({ id: "abc", report_url: "https://evil.example/scans/abc" }, gw), "http://127.0.0.1:8000/scans/abc");
+  assert.equal(reportLink({ id: "abc", report_url: "http://127.0.0.1:8000/scans/other" }, gw), "http://127.0.0.1:8000/scans/abc");
+  assert.equal(reportLink({ id: "abc" }, "https://gw.example/mesoscan/"), "https://gw.example/mesoscan/scans/abc");
+  assert.equal(reportLink({ id: "abc" }, ""), null);
 });
 
 test("links are http(s) only", () => {
