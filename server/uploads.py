@@ -104,10 +104,12 @@ class Budget:
         if left <= 0 or declared > left + FORM_OVERHEAD:
             self._incr(-declared)
             self.reserved = 0
-            raise self.exceeded(f"this key's daily upload budget ({self.limit / 1e6:g} MB) is used up"
-                                if left <= 0 else
-                                f"this upload is larger than what is left of today's upload budget "
-                                f"({max(left, 0) / 1e6:.1f} of {self.limit / 1e6:g} MB)")
+            raise self.exceeded(
+                f"this key's daily upload budget ({self.limit / 1e6:g} MB) is used up"
+                if left <= 0
+                else f"this upload is larger than what is left of today's upload budget "
+                f"({max(left, 0) / 1e6:.1f} of {self.limit / 1e6:g} MB)"
+            )
         return left
 
     def settle(self, received: int) -> None:
@@ -142,8 +144,12 @@ def _boundary(request: Request) -> bytes:
     return boundary.encode("latin-1", "replace")
 
 
-def receive(request: Request, settings: ServerSettings, before_file: Callable[[dict[str, str]], int],
-            upload: Upload | None = None) -> Upload:
+def receive(
+    request: Request,
+    settings: ServerSettings,
+    before_file: Callable[[dict[str, str]], int],
+    upload: Upload | None = None,
+) -> Upload:
     """Stream the request's multipart body: text fields into memory (small), the `file` part into the upload
     directory. `before_file(fields)` runs when the file part starts (authenticate, check limits) and returns the
     most bytes the file may have. Raises ApiError (400, 413, 429); nothing is left on disk when it does. A file
@@ -236,8 +242,12 @@ def _seconds_to_midnight() -> int:
 
 def _too_much(settings: ServerSettings, limit: int) -> ApiError:
     if limit < settings.max_upload_bytes:
-        return ApiError(429, "upload_budget_exceeded", "this upload passed what is left of today's upload budget",
-                        headers={"Retry-After": str(_seconds_to_midnight())})
+        return ApiError(
+            429,
+            "upload_budget_exceeded",
+            "this upload passed what is left of today's upload budget",
+            headers={"Retry-After": str(_seconds_to_midnight())},
+        )
     return ApiError(413, "too_large", f"the file is larger than the {settings.max_upload_mb:g} MB upload limit")
 
 
@@ -250,8 +260,9 @@ def _abandon(out, upload: Upload) -> None:
 # --- accepting an upload -------------------------------------------------------------------------------------------
 
 
-def accept(request: Request, settings: ServerSettings,
-           identify: Callable[[dict[str, str]], tuple[int | None, str]]) -> tuple[Upload, dict]:
+def accept(
+    request: Request, settings: ServerSettings, identify: Callable[[dict[str, str]], tuple[int | None, str]]
+) -> tuple[Upload, dict]:
     """Receive an upload with its checks: `identify(fields)` authenticates the sender (and charges its rate limit),
     returning (API key id, the key or address the byte budget counts against); the model field is checked before
     any file byte is stored. Returns the upload and {api_key_id, model, version} (empty when no file was sent)."""
@@ -298,8 +309,9 @@ def upload_source(source: dict, file_name: str) -> dict:
     return {**source, "url": None, "title": None, "kind": "upload", "file_name": file_name}
 
 
-def submit_upload(settings: ServerSettings, upload: Upload, *, model: str, version: int,
-                  api_key_id: int | None) -> tuple[Scan, str]:
+def submit_upload(
+    settings: ServerSettings, upload: Upload, *, model: str, version: int, api_key_id: int | None
+) -> tuple[Scan, str]:
     """Answer from a recent verdict for the same bytes (a new finished scan that reuses it: `cached`), or probe the
     file, record a queued scan and move the file to its id (`created`; the caller publishes `scan.task_id`).
     Raises ApiError 422 when the probe refuses the file. The `.part-*` file is gone afterwards either way."""
@@ -309,18 +321,36 @@ def submit_upload(settings: ServerSettings, upload: Upload, *, model: str, versi
         raise ValueError("no file was received")
     try:
         now = utcnow()
-        values = {"url": f"upload:{upload.sha256}", "normalized_url": f"upload:{upload.sha256}", "page_url": None,
-                  "model": model, "model_version": version, "active_key": None, "attempts": 0,
-                  "api_key_id": api_key_id, "created_at": now, "sha256": upload.sha256,
-                  "upload_name": upload.file_name, "upload_bytes": upload.size}
+        values = {
+            "url": f"upload:{upload.sha256}",
+            "normalized_url": f"upload:{upload.sha256}",
+            "page_url": None,
+            "model": model,
+            "model_version": version,
+            "active_key": None,
+            "attempts": 0,
+            "api_key_id": api_key_id,
+            "created_at": now,
+            "sha256": upload.sha256,
+            "upload_name": upload.file_name,
+            "upload_bytes": upload.size,
+        }
         with session_scope(settings.database_url) as session:
-            earlier = _recent_verdict(session, settings, upload.sha256, model, version) if settings.cache_ttl_s \
-                else None
+            earlier = (
+                _recent_verdict(session, settings, upload.sha256, model, version) if settings.cache_ttl_s else None
+            )
             if earlier is not None:
                 document = {**earlier.result, "source": upload_source(earlier.result["source"], upload.file_name)}
-                scan = Scan(id=jobs.new_id(), status=DONE, result=jobs.storable(document),
-                            label=(document.get("verdict") or {}).get("label"), reused_from=earlier.id,
-                            started_at=now, finished_at=now, **values)
+                scan = Scan(
+                    id=jobs.new_id(),
+                    status=DONE,
+                    result=jobs.storable(document),
+                    label=(document.get("verdict") or {}).get("label"),
+                    reused_from=earlier.id,
+                    started_at=now,
+                    finished_at=now,
+                    **values,
+                )
                 session.add(scan)
                 return scan, "cached"
         _probe(settings, upload.path)
@@ -338,8 +368,13 @@ def _recent_verdict(session, settings: ServerSettings, sha256: str, model: str, 
     since = utcnow() - dt.timedelta(seconds=settings.cache_ttl_s)
     return session.scalars(
         select(Scan)
-        .where(Scan.sha256 == sha256, Scan.model == model, Scan.model_version == version, Scan.status == DONE,
-               Scan.finished_at >= since)
+        .where(
+            Scan.sha256 == sha256,
+            Scan.model == model,
+            Scan.model_version == version,
+            Scan.status == DONE,
+            Scan.finished_at >= since,
+        )
         .order_by(Scan.finished_at.desc())
         .limit(1)
     ).first()
@@ -381,7 +416,7 @@ def sweep(settings: ServerSettings) -> int:
             elif _ID.match(entry.name):
                 stored.append(entry.name)
     for start in range(0, len(stored), 500):
-        ids = stored[start:start + 500]
+        ids = stored[start : start + 500]
         with session_scope(settings.database_url) as session:
             status = dict(session.execute(select(Scan.id, Scan.status).where(Scan.id.in_(ids))).tuples().all())
         for scan_id in ids:
@@ -415,11 +450,13 @@ def create_upload_scan():
     settings = current_app.config["MESOSCAN"]
     upload, state = accept(request, settings, lambda _fields: (g.get("api_key_id"), rate_key()))
     if upload.path is None:
-        raise ApiError(400, "invalid_request", f"send the video as a `{FILE_PART}` part with a file name (or JSON "
-                                               "with a `url`)")
+        raise ApiError(
+            400, "invalid_request", f"send the video as a `{FILE_PART}` part with a file name (or JSON with a `url`)"
+        )
     try:
-        scan, outcome = submit_upload(settings, upload, model=state["model"], version=state["version"],
-                                      api_key_id=state["api_key_id"])
+        scan, outcome = submit_upload(
+            settings, upload, model=state["model"], version=state["version"], api_key_id=state["api_key_id"]
+        )
     except ApiError:
         SUBMISSIONS.labels("rejected").inc()
         raise
@@ -463,9 +500,20 @@ def scan_stored(scanner, settings: ServerSettings, scan_id: str, file_name: str,
     if path.is_file():
         document = scanner.scan_file(path, progress)
     else:  # removed by hand, or a gateway died between recording the scan and storing its file
-        source = {"url": None, "title": None, "duration_s": None, "width": None, "height": None, "fps": None,
-                  "sha256": None}
-        document = failed_document(source=source, model=None, code="internal_error",
-                                   message="the uploaded file is no longer stored; upload it again")
+        source = {
+            "url": None,
+            "title": None,
+            "duration_s": None,
+            "width": None,
+            "height": None,
+            "fps": None,
+            "sha256": None,
+        }
+        document = failed_document(
+            source=source,
+            model=None,
+            code="internal_error",
+            message="the uploaded file is no longer stored; upload it again",
+        )
     document["source"] = upload_source(document["source"], file_name)
     return document
