@@ -197,6 +197,8 @@ class Outcome:
     elapsed_s: float = 0.0
     peak_worker_rss_mb: float | None = None
     workers: int = 0
+    startup_s: float | None = None
+    """In-process: from starting the workers to every one of them having its model loaded."""
 
 
 class _Stop:
@@ -519,10 +521,11 @@ class Batch:
         temp_dir = tempfile.mkdtemp(prefix="mesoscan-batch-", dir=self.settings.temp_dir)
         waiting: deque[Item] = deque(todo)
         in_hand: dict[str, Item] = {}
-        deaths = 0
+        deaths = ready = 0
         pool = WorkerPool(size, self._worker_env(size, temp_dir), temp_dir)
         self.outcome.workers = size
         try:
+            started = time.monotonic()
             pool.start()
             while (waiting or self.retry_heap or in_hand) and not self.stop:
                 while self.retry_heap and self.retry_heap[0][0] <= time.monotonic():
@@ -540,7 +543,11 @@ class Batch:
                     continue
                 task = event.worker.task
                 pool.finished(event)
-                if event.kind == "done" and event.key in in_hand:
+                if event.kind == "ready":
+                    ready += 1
+                    if ready == size and self.outcome.startup_s is None:
+                        self.outcome.startup_s = round(time.monotonic() - started, 2)
+                elif event.kind == "done" and event.key in in_hand:
                     self._done(in_hand.pop(event.key), event.doc)  # type: ignore[arg-type]
                 elif event.kind == "exit" and not self.stop:
                     status = event.worker.process.returncode
@@ -685,6 +692,7 @@ class Batch:
             "elapsed_s": round(self.outcome.elapsed_s, 2),
             "workers": self.outcome.workers,
             "peak_worker_rss_mb": self.outcome.peak_worker_rss_mb,
+            "workers_startup_s": self.outcome.startup_s,
         }
         self._write_manifest(manifest)
         matched = {"fake": {"fake"}, "uncertain": {"fake", "uncertain"}, "never": set()}[self.options.fail_on]
