@@ -69,6 +69,7 @@ def restore(path: Path, model) -> Checkpoint:
         def group(prefix: str) -> list[np.ndarray]:
             return [data[k] for k in sorted(k for k in data.files if k.startswith(prefix + "_"))]
 
+        pairs = []
         for prefix, variables in (("model", model.variables), ("optimizer", model.optimizer.variables)):
             values = group(prefix)
             if len(values) != len(variables):
@@ -76,6 +77,8 @@ def restore(path: Path, model) -> Checkpoint:
             for variable, value in zip(variables, values, strict=True):
                 if tuple(variable.shape) != value.shape:
                     raise ValueError(f"{path}: {variable.path} has shape {tuple(variable.shape)}, file {value.shape}")
-                variable.assign(value)
+                pairs.append((variable, value))
+        for variable, value in pairs:  # checked whole first: a wrong file changes nothing
+            variable.assign(value)
         best = group("best") or None
     return Checkpoint(LoopState(**meta["state"]), best)

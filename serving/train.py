@@ -23,6 +23,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -42,6 +43,12 @@ from serving.dataset import (
 )
 from serving.errors import InvalidInputError
 from serving.mesonet import ARCHS, Arch
+from serving.registry import DEFAULT_CROP_MARGIN
+
+AUGMENT_IMPLEMENTATION = 2
+"""Part of a run's key: a run is never resumed with batches augmented by another implementation."""
+MeasureCrop = Callable[[list[Path], int], dict]
+"""(training crop paths, seed) → `{"margin": median crop side / face box side, ...}` (see scanner.geometry)."""
 
 Schedule = Literal["step", "cosine", "constant"]
 ClassWeight = Literal["balanced", "none"]
@@ -83,6 +90,8 @@ class TrainConfig:
     """Default: one pass over the training crops."""
     limit: int | None = None
     """Use at most this many crops (whole clusters, chosen by the seed): for quick trials."""
+    rows: tuple[int, int] | None = None
+    """Use only these data rows of labels.csv (1-based, inclusive), e.g. (1, 16000): the crops as they once were."""
     data_description: str = DFDC_DATA
     licence: str = DFDC_LICENCE
     description: str = ""
@@ -102,6 +111,8 @@ class TrainConfig:
             problems.append("steps_per_epoch must be at least 1")
         if not 0 < self.min_learning_rate <= self.learning_rate:
             problems.append("need 0 < min_learning_rate <= learning_rate")
+        if self.rows is not None and not 1 <= self.rows[0] <= self.rows[1]:
+            problems.append("rows must be FIRST-LAST with 1 <= FIRST <= LAST")
         if not 0 <= self.warmup_epochs < self.epochs:
             problems.append("warmup_epochs must be below epochs")
         if problems:
@@ -121,7 +132,8 @@ class TrainConfig:
         default_augment = AugmentConfig().to_dict()
         if "augment" in d:
             d["augment"] = {k: v for k, v in d["augment"].items() if v != default_augment[k]}
-        d.update(arch=self.arch, name=self.name, data_dir=str(Path(self.data_dir).resolve()))
+        d.update(arch=self.arch, name=self.name, data_dir=str(Path(self.data_dir).resolve()),
+                 augment_implementation=AUGMENT_IMPLEMENTATION)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def command_line(self, out_dir: Path | None = None) -> str:
@@ -144,6 +156,8 @@ class TrainConfig:
             args += ["--steps-per-epoch", self.steps_per_epoch]
         if self.limit:
             args += ["--limit", self.limit]
+        if self.rows:
+            args += ["--rows", f"{self.rows[0]}-{self.rows[1]}"]
         for option, key in (("--description", "description"), ("--data-description", "data_description"),
                             ("--licence", "licence")):
             if getattr(self, key) != TrainConfig.__dataclass_fields__[key].default:
@@ -179,10 +193,14 @@ class TrainingData:
         return np.arange(self.n_train, len(self.crops))
 
 
-def split_crops(data_dir: Path, val_fraction: float, seed: int,
-                limit: int | None = None) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
+def split_crops(data_dir: Path, val_fraction: float, seed: int, limit: int | None = None,
+                rows: tuple[int, int] | None = None) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
     """(train, validation) crops of `data_dir`, test rows left out, split by cluster."""
     crops = read_crops(data_dir, exclude=EXCLUDED_SPLITS)
+    if rows:
+        crops = [c for c in crops if c.row is not None and rows[0] <= c.row <= rows[1]]
+        if not crops:
+            raise InvalidInputError(f"{data_dir}: no training crops in rows {rows[0]}-{rows[1]}")
     if limit:
         crops = subsample_clusters(crops, limit, seed)
     return split_by_cluster(crops, val_fraction, seed)
@@ -199,28 +217,48 @@ def _side(crops: list[LabelledCrop]) -> dict:
 
 
 def load_training_data(data_dir: Path, val_fraction: float, seed: int, limit: int | None,
-                       settings: ServingSettings, progress: bool = False) -> TrainingData:
+                       settings: ServingSettings, progress: bool = False,
+                       rows: tuple[int, int] | None = None) -> TrainingData:
     from serving.dataset import file_list_key
 
-    train, val = split_crops(data_dir, val_fraction, seed, limit)
+    train, val = split_crops(data_dir, val_fraction, seed, limit, rows)
     crops = train + val
     labels_csv = Path(data_dir) / "labels.csv"
     split = {"by": "cluster", "seed": seed, "val_fraction": val_fraction, "limit": limit,
              "excluded_splits": list(EXCLUDED_SPLITS), "val_clusters_sha256": _clusters_digest(val)}
+    if rows:
+        split["rows"] = list(rows)
+    used = [c.row for c in crops if c.row is not None]
     summary = {
         "data_dir": str(Path(data_dir).resolve()),
         "labels_csv_sha256": _sha256(labels_csv) if labels_csv.is_file() else None,
         "files_sha256": file_list_key(crops),
         "train": _side(train),
         "validation": _side(val),
+        "rows": _row_ranges(used) if used else None,
     }
     faces = decode_crops(crops, settings.models_dir / "cache", progress=progress)
     return TrainingData(crops, faces, labels_of(crops), len(train), split, summary)
 
 
-def validation_crops(data_dir: Path, split: dict) -> list[LabelledCrop]:
-    """The validation crops a model recorded in its JSON (`split`), re-derived from `data_dir` and checked."""
-    _, val = split_crops(data_dir, split["val_fraction"], split["seed"], split.get("limit"))
+def _row_ranges(rows: list[int]) -> str:
+    """`1-16000, 16101-30250`: the labels.csv data rows a model was trained and validated on."""
+    rows = sorted(rows)
+    spans, start, prev = [], rows[0], rows[0]
+    for r in rows[1:]:
+        if r != prev + 1:
+            spans.append((start, prev))
+            start = r
+        prev = r
+    spans.append((start, prev))
+    return ", ".join(f"{a}-{b}" if a != b else str(a) for a, b in spans)
+
+
+def validation_crops(data_dir: Path, split: dict, rows: tuple[int, int] | None = None) -> list[LabelledCrop]:
+    """The validation crops a model recorded in its JSON (`split`), re-derived from `data_dir` and checked.
+    `rows` stands in for a split recorded before rows were (crops of the first rows only)."""
+    rows = tuple(split["rows"]) if split.get("rows") else rows
+    _, val = split_crops(data_dir, split["val_fraction"], split["seed"], split.get("limit"), rows)
     if _clusters_digest(val) != split["val_clusters_sha256"]:
         raise InvalidInputError(f"{data_dir}: these crops do not give the validation split the model recorded "
                                 "(different data, or labels.csv changed)")
@@ -240,13 +278,13 @@ def epoch_order(n_train: int, steps: int, batch_size: int, seed: int, epoch: int
     return np.concatenate([rng.permutation(n_train) for _ in range(-(-need // n_train))])[:need]
 
 
-def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment: AugmentConfig, seed: int, epoch: int,
-                  class_weight: ClassWeight):
+def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment_config: AugmentConfig, seed: int,
+                  epoch: int, class_weight: ClassWeight):
     """Epoch `epoch`'s `steps` batches of (uint8 images, labels, sample weights): order and augmentation are drawn
     from (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen."""
     import tensorflow as tf
 
-    from serving.augment import Augmenter
+    from serving.augment import augment, batch_rng
 
     labels = data.labels[: data.n_train]
     counts = np.bincount(labels, minlength=2)
@@ -258,21 +296,20 @@ def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment: Augm
     weight_table = tf.constant(per_class[data.labels].astype(np.float32))
     faces = data.faces
 
+    def load_numpy(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
+        images = faces[np.sort(index)][np.argsort(np.argsort(index))]  # memory map read in file order
+        return augment(images, augment_config, batch_rng(seed, epoch, int(batch))) if augment_config.enabled \
+            else images
+
     @tf.autograph.experimental.do_not_convert  # plain TF ops and numpy: nothing for AutoGraph to rewrite
-    def load(index):
-        images = tf.numpy_function(lambda i: faces[np.sort(i)][np.argsort(np.argsort(i))], [index], tf.uint8,
-                                   stateful=False)
+    def load(batch, index):
+        images = tf.numpy_function(load_numpy, [batch, index], tf.uint8, stateful=False)
         images.set_shape([None, *faces.shape[1:]])
         return images, tf.gather(label_table, index), tf.gather(weight_table, index)
 
     order = epoch_order(data.n_train, steps, batch_size, seed, epoch)
-    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True)
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    if augment.enabled:
-        augmenter = Augmenter(augment, seed * 1_000_003 + epoch)
-        quiet = tf.autograph.experimental.do_not_convert
-        ds = ds.map(quiet(lambda x, y, w: (x, augmenter.draw(x), y, w)))  # in order: the draws stay reproducible
-        ds = ds.map(quiet(lambda x, d, y, w: (augmenter.apply(x, d), y, w)), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.from_tensor_slices(order).batch(batch_size, drop_remainder=True).enumerate()
+    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)  # deterministic order; each batch's draws its own
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -382,10 +419,13 @@ class TrainResult:
 
 
 def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSettings | None = None,
-          progress: bool = True, invocation: str | None = None, stop_after: int | None = None) -> TrainResult | None:
+          progress: bool = True, invocation: str | None = None, stop_after: int | None = None,
+          measure_crop: MeasureCrop | None = None) -> TrainResult | None:
     """Train `config.arch` on `config.data_dir` and register it as `config.name` in `out_dir`
     (default `<models_dir>/trained/`). Returns the written `<name>.json` and its content, or None when
-    `stop_after` epochs ran in this call and the run is not finished (the next call resumes it)."""
+    `stop_after` epochs ran in this call and the run is not finished (the next call resumes it).
+    `measure_crop(paths, seed)` measures the training crops' geometry with the scanner's detector (the scanner
+    passes it in: serving does not import the scanner)."""
     import keras
 
     from serving import mesonet
@@ -394,7 +434,8 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
     out_dir = Path(out_dir) if out_dir else settings.models_dir / "trained"
     started = dt.datetime.now(dt.UTC)
     keras.utils.set_random_seed(config.seed)
-    data = load_training_data(config.data_dir, config.val_fraction, config.seed, config.limit, settings, progress)
+    data = load_training_data(config.data_dir, config.val_fraction, config.seed, config.limit, settings, progress,
+                              config.rows)
     steps_per_epoch = config.steps_per_epoch or max(1, data.n_train // config.batch_size)
     if data.n_train < config.batch_size:
         raise InvalidInputError(f"only {data.n_train} training crops: fewer than one batch of {config.batch_size}")
@@ -420,10 +461,12 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
 
     final = mesonet.build(config.arch, "p_fake")  # float32, as every backend will run it
     final.set_weights(ckpt.best_weights)
-    val_scores = predict_faces(final, data.faces, data.val_index, config.batch_size)
-    metrics = threshold_metrics(data.labels[data.val_index], val_scores)
+    raw_scores = predict_faces(final, data.faces, data.val_index, config.batch_size)
+    verdicts = verdict_fields(data.labels[data.val_index], raw_scores)
+    metrics = verdicts.pop("metrics")
     metrics["best_epoch"] = ckpt.state.best_epoch
     history = ckpt.state.history
+    crop = _crop_geometry(measure_crop, [c.path for c in data.crops[: data.n_train]], config.seed)
     meta = {
         "name": config.name,
         "kind": "model",
@@ -431,6 +474,8 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
         "output": "p_fake",
         "threshold": metrics["threshold"],
         "threshold_rule": THRESHOLD_RULE,
+        **verdicts,
+        "crop": crop,
         "provenance": (f"Trained by MesoScan (`mesoscan train`, seed {config.seed}) on {started:%Y-%m-%d} from "
                        f"{config.data_description}: {data.summary['train']['crops']} training crops, validated "
                        f"on {data.summary['validation']['crops']} crops of other clusters"),
@@ -460,6 +505,25 @@ def _save_weights(model, run_dir: Path) -> Path:
     path = run_dir / "final.weights.h5"
     model.save_weights(path)
     return path
+
+
+def verdict_fields(labels: np.ndarray, raw_scores: np.ndarray) -> dict:
+    """Calibration fitted on the validation scores, then the threshold (equal error rate) and the `uncertain` band
+    on the calibrated scale: the JSON fields `calibration`, `threshold`, `band`, plus `metrics`."""
+    from serving.calibration import calibrate, choose_band, fit_platt
+
+    calibration = fit_platt(labels, raw_scores)
+    scores = calibrate(raw_scores, calibration)
+    metrics = threshold_metrics(labels, scores)
+    band = choose_band(labels, scores, metrics["threshold"])
+    return {"calibration": calibration, "threshold": metrics["threshold"], "band": band, "metrics": metrics}
+
+
+def _crop_geometry(measure_crop: MeasureCrop | None, paths: list[Path], seed: int) -> dict:
+    if measure_crop is None:
+        return {"margin": DEFAULT_CROP_MARGIN,
+                "note": "not measured (trained without the scanner's detector): the scanner's former default"}
+    return measure_crop(paths, seed)
 
 
 def predict_faces(model, faces: np.ndarray, index: np.ndarray, batch_size: int = 64) -> np.ndarray:
@@ -545,7 +609,8 @@ def model_metadata(name: str, settings: ServingSettings | None = None) -> dict |
 
 def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Path | None = None,
                       settings: ServingSettings | None = None, description: str = "",
-                      progress: bool = False, invocation: str | None = None) -> TrainResult:
+                      progress: bool = False, invocation: str | None = None,
+                      rows: tuple[int, int] | None = None) -> TrainResult:
     """Register ensemble `name`: the mean of `members`' fake probabilities, with its own threshold chosen at the
     equal error rate on the validation split the members share (re-derived from `data_dir` and checked)."""
     from serving.registry import get_model, load_keras_model
@@ -572,13 +637,18 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
         if meta["data"]["split"] != split:
             raise InvalidInputError(f"members {members[0]!r} and {member!r} were validated on different splits "
                                     "(seed, fraction, limit or data differ): no fair threshold can be chosen")
-    val = validation_crops(data_dir, split)
+    val = validation_crops(data_dir, split, rows)
     faces = decode_crops(val, settings.models_dir / "cache", progress=progress)
     labels = labels_of(val)
     index = np.arange(len(val))
     member_scores = [predict_faces(load_keras_model(spec, settings), faces, index) for spec in specs]
-    scores = np.mean(member_scores, axis=0)
-    metrics = threshold_metrics(labels, scores)
+    verdicts = verdict_fields(labels, np.mean(member_scores, axis=0))
+    metrics = verdicts.pop("metrics")
+    margins = sorted({spec.crop_margin for spec in specs})
+    crop = ({"margin": margins[0], "note": "the members' common crop geometry"} if len(margins) == 1 else
+            {"margin": specs[0].crop_margin,
+             "note": "members differ: the scanner cuts each member's faces with that member's own margin",
+             "members": {spec.name: spec.crop_margin for spec in specs}})
     from serving.evaluate import score_metrics
 
     member_metrics = {spec.name: score_metrics(labels, s, spec.threshold)
@@ -592,6 +662,8 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
                     for spec in specs],
         "threshold": metrics["threshold"],
         "threshold_rule": THRESHOLD_RULE,
+        **verdicts,
+        "crop": crop,
         "provenance": (f"Mean fake probability of {', '.join(f'{s.name} v{s.version}' for s in specs)}, made by "
                        f"MesoScan (`mesoscan train --ensemble`) on {dt.datetime.now(dt.UTC):%Y-%m-%d}; see the "
                        "members' own provenance"),
@@ -606,4 +678,49 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
         "data": {**metas[0]["data"], "split": split},
     }
     path = register(out_dir, meta)
+    return TrainResult(path, json.loads(path.read_text()))
+
+
+def recalibrate(name: str, data_dir: Path, out_dir: Path | None = None, settings: ServingSettings | None = None,
+                rows: tuple[int, int] | None = None, measure_crop: MeasureCrop | None = None,
+                progress: bool = False, invocation: str | None = None) -> TrainResult:
+    """Give the trained model `name` (same weights) a calibration, threshold and band fitted on its own recorded
+    validation split, and for a single model its training crops' geometry; registered as its next version.
+    `rows` names the labels.csv rows of a split recorded before rows were (e.g. (1, 16000))."""
+    from serving.registry import get_model, load_raw_model
+
+    settings = settings or get_settings()
+    out_dir = Path(out_dir) if out_dir else settings.models_dir / "trained"
+    spec = get_model(name, settings)
+    meta = model_metadata(name, settings)
+    if meta is None or "split" not in meta.get("data", {}):
+        raise InvalidInputError(f"{name!r} is not a model trained by `mesoscan train` (no recorded validation split)")
+    split = dict(meta["data"]["split"])
+    if spec.is_ensemble:
+        return register_ensemble(name, list(spec.members), data_dir, out_dir, settings, meta.get("description", ""),
+                                 progress, invocation, rows)
+    val = validation_crops(data_dir, split, rows)
+    if rows and not split.get("rows"):
+        split["rows"] = list(rows)
+    faces = decode_crops(val, settings.models_dir / "cache", progress=progress)
+    labels = labels_of(val)
+    raw_scores = predict_faces(load_raw_model(spec, settings), faces, np.arange(len(val)))
+    verdicts = verdict_fields(labels, raw_scores)
+    metrics = {**verdicts.pop("metrics"), **{k: v for k, v in meta["metrics"]["validation"].items()
+                                            if k == "best_epoch"}}
+    train_crops, _ = split_crops(data_dir, split["val_fraction"], split["seed"], split.get("limit"),
+                                 tuple(split["rows"]) if split.get("rows") else None)
+    crop = _crop_geometry(measure_crop, [c.path for c in train_crops], split["seed"])
+    weights = spec.weights.local_path(settings)
+    new = {**meta, **verdicts, "crop": crop, "metrics": {**meta["metrics"], "validation": metrics},
+           "data": {**meta["data"], "split": split},
+           "recalibrated": {"command": invocation, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+                            "from_version": spec.version}}
+    staging = settings.models_dir / "runs" / f".recalibrate-{name}-{os.getpid()}.weights.h5"
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        shutil.copyfile(weights, staging)  # register() may replace `weights` itself
+        path = register(out_dir, new, weights_source=staging)
+    finally:
+        staging.unlink(missing_ok=True)
     return TrainResult(path, json.loads(path.read_text()))
