@@ -7,10 +7,11 @@ STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DEBIAN_PACKAGES := ffmpeg wrk chromium
 PYTEST_ARGS ?=
+NODE_STAMP := extension/node_modules/.installed
 
-.PHONY: setup system test scan bench lint lock clean train train-status
+.PHONY: setup system test scan bench lint lock clean train train-status extension
 
-setup: system $(STAMP)
+setup: system $(STAMP) $(NODE_STAMP)
 
 # Debian packages the project needs (yt-dlp fixes up HLS downloads with ffmpeg).
 system:
@@ -19,6 +20,14 @@ system:
 	  echo "installing Debian packages:$$missing"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing; \
 	fi
+	@# Node.js for the extension's tools (web-ext, node's test runner): Debian's, unless a node is installed already.
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q nodejs npm; }
+
+# The extension's development tools from npm (web-ext), into the ignored extension/node_modules.
+$(NODE_STAMP): extension/package.json extension/package-lock.json
+	cd extension && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
 
 # Reinstalls only when pyproject.toml or constraints.txt changed; constraints.txt records what resolved.
 $(STAMP): pyproject.toml constraints.txt
@@ -64,7 +73,12 @@ bench: setup
 	$(BIN)/python -m tests.bench.bench_scan
 	$(BIN)/python -m tests.bench.bench_batch
 	$(BIN)/python -m tests.bench.bench_gateway
+	$(BIN)/python -m tests.bench.bench_extension
 	$(BIN)/python -m tests.bench.bench_upload
+
+# The browser extension packaged for Chromium and Firefox: dist/<browser>/ and dist/mesoscan-<browser>-<version>.zip.
+extension: setup
+	$(BIN)/python extension/package.py --out dist
 
 lint: setup
 	$(BIN)/ruff check .

@@ -51,8 +51,8 @@ def media(tmp_path_factory) -> Iterator[MediaServer]:
 
 
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory) -> Iterator[DevGateway]:
-    dev = DevGateway(tmp_path_factory.mktemp("dev-gateway")).start()
+def gateway(tmp_path_factory, media) -> Iterator[DevGateway]:
+    dev = DevGateway(tmp_path_factory.mktemp("dev-gateway"), [media.netloc]).start()
     try:
         yield dev
     finally:
@@ -272,6 +272,42 @@ def test_the_scan_ends_with_the_popup_closed_and_the_worker_killed(browser, gate
     page.close()
 
 
+def test_a_player_in_a_cross_origin_frame_cannot_be_seeked_and_says_so(browser, gateway, media):
+    browser.reset(gatewayUrl=gateway.base)
+    answer = requests.post(
+        f"{gateway.base}/api/v1/scans", json={"url": media.url(f"/files/{CLIP}?n=frame")}, timeout=10
+    )
+    scan = wait_for(
+        lambda: (s := gateway.scan(answer.json()["id"]))["status"] in ("done", "failed") and s,
+        120,
+        interval=0.3,
+        what="a verdict to show",
+    )
+    with MediaServer(files={CLIP: require_shared(VIDEOS_DIR) / CLIP}) as other:  # another port: another origin
+        framed = other.url(f"/page/video/{CLIP}")
+        page = browser.context.new_page()
+        watch(page)
+        page.goto(media.url(f"/page/frame?src={urllib.parse.quote(framed, safe='')}"))
+        player = page.frame(url=framed)
+        player.wait_for_function("() => document.querySelector('video').readyState >= 1", timeout=15_000)
+        # the page's verdict is in the cache (the extension cannot read the frame: it would scan the page itself)
+        browser.evaluate(f"""import("/src/urls.js").then(({{ normalizeUrl }}) => chrome.storage.local.set({{
+            ["verdict:default|" + normalizeUrl({json.dumps(page.url)})]:
+              {{ savedAt: Date.now(), scan: {json.dumps(scan)}, gatewayUrl: {json.dumps(gateway.base)} }} }}))""")
+        tab = browser.click_action(page)
+        popup = browser.popup(tab)
+        popup.locator(".verdict").wait_for(timeout=5_000)
+        assert popup.locator(".target-url").inner_text() == page.url
+        popup.locator("circle.point").nth(1).click()
+        status = popup.locator(".seek-status")
+        wait_for(lambda: status.inner_text(), 5, what="the seek's answer")
+        assert status.inner_text().startswith("The page's player cannot be reached")
+        assert player.evaluate("document.querySelector('video').currentTime") == 0
+        assert_clean(popup)
+        popup.close()
+        page.close()
+
+
 def test_stop_waiting_leaves_the_scan_to_the_gateway(browser, gateway, media):
     browser.reset(gatewayUrl=gateway.base)
     slow = media.url(f"/drip/{CLIP}?chunk=8192&every=0.15")
@@ -413,7 +449,7 @@ def test_not_a_video(browser, gateway, media):
 
 
 @pytest.fixture(scope="module")
-def keyed_gateway(browser, pg_url, stack_redis, tmp_path_factory) -> Iterator[tuple[str, str, str]]:
+def keyed_gateway(browser, media, pg_url, stack_redis, tmp_path_factory) -> Iterator[tuple[str, str]]:
     """A production gateway (gunicorn, keys on, PostgreSQL, Redis) that lets this extension in by
     MESOSCAN_EXTENSION_ORIGIN (a list): (its base URL, a key limited to one scan a minute)."""
     from server.db import session_scope
@@ -425,6 +461,7 @@ def keyed_gateway(browser, pg_url, stack_redis, tmp_path_factory) -> Iterator[tu
         stack_redis.url,
         MESOSCAN_QUEUE=queue,
         MESOSCAN_GATEWAY_WORKERS="1",
+        MESOSCAN_NETWORK_ALLOWLIST=json.dumps([media.netloc]),
         MESOSCAN_EXTENSION_ORIGIN=f"moz-extension://0b5f3a5e-1c1d-4e4e-9a9a-123456789abc, {browser.origin}",
     )
     with session_scope(pg_url) as session:

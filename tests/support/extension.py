@@ -3,7 +3,8 @@
 
 - `build_extension(out)`: `extension/package.py` into `out`; returns the Chromium folder.
 - `chrome_extension_id(path)`: the id Chromium gives an unpacked extension in that folder.
-- `DevGateway(tmp, **env)`: `mesoscan serve --dev` on a free loopback port, SQLite in `tmp` (its scans readable).
+- `DevGateway(tmp, allow, **env)`: `mesoscan serve --dev` on a free loopback port, SQLite in `tmp` (its scans
+  readable), fetching videos from the `host:port`s in `allow` only.
 - `Browser(context, id)`: clicks the toolbar button through CDP (`Extensions.triggerAction`, which grants
   `activeTab` as a real click does), opens the popup in a tab for a page's tab id, reads badges and storage from an
   extension page (which does not wake the service worker).
@@ -41,10 +42,12 @@ def build_extension(out: Path) -> Path:
 
 
 class DevGateway:
-    def __init__(self, tmp: Path, **extra_env: str):
+    def __init__(self, tmp: Path, allow: list[str], **extra_env: str):
+        """`allow`: the `host:port` it may fetch videos from (the media servers); every other address stays blocked."""
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.db = tmp / "dev.db"
+        extra_env.setdefault("MESOSCAN_NETWORK_ALLOWLIST", json.dumps(allow))
         env = service_env(f"sqlite:///{self.db}", "memory://", **extra_env)  # --dev keeps its own queue in memory
         self.service = Service(
             "dev gateway",

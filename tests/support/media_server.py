@@ -12,6 +12,7 @@ Routes (GET and HEAD):
 - `/page/multi/<name>,<name>`: a page with several `<video>` elements.
 - `/page/blob/<name>`: a page whose `<video>` plays the file from a `blob:` URL (script), with `og:video` beside.
 - `/page/embed?src=URL`: a page whose `<video src>` is URL (which may be on another server).
+- `/page/frame?src=URL`: a page showing URL in an `<iframe>` (another server's page: a cross-origin player).
 - `/page/novideo`: an HTML page without any video. `/page/drip`: a page sent one byte at a time, slowly.
 - `/hls/<file>`: the HLS playlist and segments (`/hls/index.m3u8`) when an HLS directory is given;
   `/hls/index.m3u8?base=URL` lists the segments as absolute URLs under URL; `/hls/master.m3u8` is a master playlist
@@ -240,6 +241,9 @@ class _Handler(BaseHTTPRequestHandler):
                     f'<body><video controls width="640"></video><script>'
                     f'fetch({json.dumps(f"/files/{name}")}).then(r => r.blob()).then(b => {{'
                     f' document.querySelector("video").src = URL.createObjectURL(b); }});</script></body></html>')
+        elif kind == "frame" and "src" in self._query:
+            body = (f'<!doctype html><html><head><title>Framed player</title></head><body>'
+                    f'<iframe width="680" height="420" src="{html.escape(self._query["src"])}"></iframe></body></html>')
         elif kind == "embed" and "src" in self._query:
             body = (f'<!doctype html><html><head><title>Embedded clip</title></head><body>'
                     f'<video controls src="{html.escape(self._query["src"])}"></video></body></html>')
