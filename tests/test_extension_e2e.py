@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import requests
@@ -387,6 +390,70 @@ def test_options_list_the_gateways_models_test_and_save(browser, gateway):
     shot(options, "options")
     assert not options.remote_requests
     options.close()
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    """A stand-in gateway that answers CORS like the real one and records every request's headers."""
+
+    seen: ClassVar[list[tuple[str, str, dict]]] = []
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def _answer(self, body: bytes = b"") -> None:
+        self.seen.append((self.command, self.path, dict(self.headers)))
+        self.send_response(200 if body or self.command == "OPTIONS" else 404)
+        self.send_header("Access-Control-Allow-Origin", self.headers.get("Origin", ""))
+        self.send_header("Access-Control-Allow-Headers", "Content-Type, X-API-Key")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_OPTIONS(self) -> None:
+        self._answer()
+
+    def do_GET(self) -> None:
+        models = {
+            "models": [
+                {
+                    "name": "m",
+                    "architecture": "Meso-4",
+                    "version": 1,
+                    "threshold": 0.5,
+                    "licence": "x",
+                    "description": "",
+                    "members": [],
+                    "default": True,
+                }
+            ],
+            "default": "m",
+        }
+        self._answer(json.dumps({"status": "ok"} if self.path == "/healthz" else models).encode())
+
+
+def test_requests_carry_the_key_in_its_header_and_no_cookies(browser):
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    browser.context.add_cookies([{"name": "session", "value": "do-not-send", "domain": "127.0.0.1", "path": "/"}])
+    try:
+        browser.reset(gatewayUrl=base, apiKey="k-secret")
+        options = browser.context.new_page()
+        options.goto(f"{browser.origin}/options.html")
+        options.locator("#test").click()
+        wait_for(lambda: options.locator("#status").inner_text().startswith("Connected"), 10, what="Test connection")
+        options.close()
+    finally:
+        server.shutdown()
+        browser.context.clear_cookies()
+    gets = [(path, headers) for method, path, headers in _Recorder.seen if method == "GET"]
+    assert {path for path, _ in gets} == {"/healthz", "/api/v1/models"}
+    for method, path, headers in _Recorder.seen:
+        assert "cookie" not in {k.lower() for k in headers}, (method, path, headers)
+        assert "k-secret" not in path
+    assert all({k.lower(): v for k, v in h.items()}.get("x-api-key") == "k-secret" for _, h in gets)
 
 
 def test_context_menu_is_made_at_install_and_scans_the_video_source(browser, gateway, media):
