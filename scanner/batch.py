@@ -147,6 +147,8 @@ class Item:
     """Scans tried, over every run."""
     tries: int = 0
     """Scans tried in this run."""
+    budget_from: int = 0
+    """Attempts before this run's retry budget began (`--retry-failed` gives a failed item a fresh one)."""
     report_url: str | None = None
 
     @property
@@ -422,7 +424,9 @@ class Batch:
                 item.doc, item.report_url = doc, entry.get("report_url")
                 continue
             retryable = bool((doc.get("error") or {}).get("retryable"))
-            if not (o.retry_failed or (retryable and item.attempts <= o.retries)):
+            if o.retry_failed:
+                item.budget_from = item.attempts
+            elif not (retryable and item.attempts <= o.retries):
                 item.doc, item.report_url = doc, entry.get("report_url")
         journaled_invalid = {e["row"] for e in journal if e.get("url") is None}
         fresh = [
@@ -481,7 +485,8 @@ class Batch:
         if item.tries == 1:
             self.outcome.scanned += 1
         error = doc.get("error") or {}
-        if retry and doc["status"] == "failed" and error.get("retryable") and item.tries <= self.options.retries:
+        retries_left = item.attempts - item.budget_from <= self.options.retries  # over every run of the batch
+        if retry and doc["status"] == "failed" and error.get("retryable") and retries_left:
             delay = min(RETRY_BACKOFF_S * 2 ** (item.tries - 1), RETRY_BACKOFF_MAX_S)
             assert self.progress is not None
             self.progress.note(

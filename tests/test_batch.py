@@ -94,11 +94,14 @@ class Contract:
     result: subprocess.CompletedProcess
     env: dict[str, str]
     staging: Path
+    hits: dict[str, int]
+    """The media server's requests per path after the batch."""
 
 
 BAD_ROWS = {
     "404": "/files/nope.mp4",
     "text": "/files/text.mp4",
+    "503": "/status/503",
 }
 
 
@@ -117,6 +120,7 @@ def contract(clips_server, tmp_path_factory) -> Contract:
     rows += [
         {"url": clips_server.url(BAD_ROWS["404"]), "id": "b404", "note": "=1+1"},
         {"url": clips_server.url(BAD_ROWS["text"]), "id": "btext", "note": "a text file named .mp4"},
+        {"url": clips_server.url(BAD_ROWS["503"]), "id": "b503", "note": "a server that is down: retried"},
         {"url": "file:///etc/passwd", "id": "bfile", "note": ""},
         {"url": "not a url at all", "id": "binvalid", "note": "\"quoted\", with comma"},
         {"url": "", "id": "bempty", "note": "empty cell"},
@@ -131,7 +135,7 @@ def contract(clips_server, tmp_path_factory) -> Contract:
     out = root / "out"
     result = run_batch([str(path), "--out", str(out), "--frames", FRAMES, "--concurrency", "2", "--retries", "1"],
                        env)
-    return Contract(path, out, rows, clips, result, env, staging)
+    return Contract(path, out, rows, clips, result, env, staging, dict(clips_server.hits))
 
 
 def test_outputs_follow_the_contract(contract):
@@ -159,7 +163,11 @@ def test_outputs_follow_the_contract(contract):
         assert entry["attempts"] == 1
     assert by_id["b404"]["result"]["error"]["code"] == "download_failed"
     assert by_id["btext"]["result"]["error"]["code"] == "not_a_video"
-    for key, number in (("bfile", 11 + 2), ("binvalid", 12 + 2), ("bempty", 13 + 2)):
+    busy = by_id["b503"]
+    assert (busy["result"]["error"]["code"], busy["result"]["error"]["retryable"]) == ("download_failed", True)
+    assert busy["attempts"] == 2  # one retry (--retries 1), after a backoff
+    assert "retrying " + contract.rows[11]["url"] in result.stderr
+    for key, number in (("bfile", 12 + 2), ("binvalid", 13 + 2), ("bempty", 14 + 2)):
         error = by_id[key]["result"]["error"]
         assert error["code"] == "invalid_url"
         assert error["message"].startswith(f"row {number}: "), error
@@ -167,6 +175,7 @@ def test_outputs_follow_the_contract(contract):
     # the duplicate: scanned once (the server saw one download), reported for both rows
     assert by_id["dup"]["result"] == by_id["c0"]["result"]
     assert by_id["dup"]["url"] == by_id["c0"]["url"]
+    assert contract.hits[f"/files/{contract.clips[0]}"] == contract.hits[f"/files/{contract.clips[1]}"] > 0
     assert "failures: " in result.stdout and "invalid_url 3" in result.stdout
     assert "2 workers" in result.stdout and "MiB per worker" in result.stdout
 
@@ -199,11 +208,19 @@ def test_rerun_resumes_retries_failed_only_when_asked_and_fail_on(contract, clip
     shutil.copytree(contract.out, out)
     before = read_jsonl(out / "results.jsonl")
     hits = dict(clips_server.hits)
-    again = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES], contract.env)
+    again = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES, "--retries", "1"], contract.env)
     assert again.returncode == 1, again.stderr
     assert "scanned 0 videos" in again.stdout
     assert dict(clips_server.hits) == hits  # nothing downloaded again, not even the failed rows
     assert read_jsonl(out / "results.jsonl") == before
+    # a retryable failure with fewer attempts than --retries allows is tried again; the others are not
+    more = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES, "--retries", "2"], contract.env)
+    assert more.returncode == 1, more.stderr
+    assert "scanned 1 videos" in more.stdout
+    assert clips_server.hits[BAD_ROWS["503"]] > hits[BAD_ROWS["503"]]
+    assert clips_server.hits[BAD_ROWS["404"]] == hits[BAD_ROWS["404"]]
+    assert [e["attempts"] for e in read_jsonl(out / "results.jsonl") if e["input"]["id"] == "b503"] == [3]
+    hits = dict(clips_server.hits)
 
     labels = {e["result"]["verdict"]["label"] for e in before if e["result"]["status"] == "done"}
     for fail_on, matched in (("fake", {"fake"}), ("uncertain", {"fake", "uncertain"})):
@@ -212,9 +229,9 @@ def test_rerun_resumes_retries_failed_only_when_asked_and_fail_on(contract, clip
         assert gated.returncode == (10 if labels & matched else 1), (fail_on, labels, gated.stderr)
 
     retried = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES, "--retry-failed",
-                         "--concurrency", "1"], contract.env)
+                         "--concurrency", "1", "--retries", "0"], contract.env)
     assert retried.returncode == 1, retried.stderr
-    assert "scanned 2 videos" in retried.stdout  # the 404 and the text file; invalid rows are not videos
+    assert "scanned 3 videos" in retried.stdout  # the 404, the text file and the 503; invalid rows are no videos
     assert clips_server.hits[BAD_ROWS["404"]] > hits[BAD_ROWS["404"]]
     assert all(clips_server.hits[f"/files/{name}"] == hits[f"/files/{name}"] for name in contract.clips)
     after = read_jsonl(out / "results.jsonl")

@@ -188,3 +188,48 @@ def test_a_batch_of_bad_rows_only_fails_each_row_and_starts_no_worker(tmp_path):
     foreign.mkdir()
     (foreign / "results.jsonl").write_text("{}\n")
     assert batch(str(rows), "--out", str(foreign)).returncode == 2
+
+
+def test_progress_bar_on_a_terminal(tmp_path):
+    """On a terminal the batch draws one bar with done/failed/left; the summary still goes to stdout."""
+    import pty
+
+    rows = tmp_path / "rows.txt"
+    rows.write_text("not a url\nftp://x/y\n")
+    leader, follower = pty.openpty()
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "160"}
+    process = subprocess.Popen([MESOSCAN, "batch", str(rows), "--out", str(tmp_path / "out")], stdout=follower,
+                               stderr=follower, env=env)
+    os.close(follower)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # the terminal closed
+            break
+        if not chunk:
+            break
+        output += chunk
+    os.close(leader)
+    assert process.wait(timeout=60) == 1
+    text = output.decode(errors="replace")
+    assert "done 0 failed 2 left 0" in text and "2/2" in text
+    assert "2 rows: failed 2" in text
+
+
+def test_compute_threads_are_shared_out_between_workers(tmp_path, monkeypatch):
+    from scanner.batch import Batch, Options
+
+    rows = tmp_path / "rows.txt"
+    rows.write_text("not a url\n")
+    monkeypatch.setenv("MESOSCAN_COMPUTE_THREADS", "5")
+    batch = Batch(Options(str(rows), tmp_path / "out", frames=4))
+    batch.prepare()
+    env = batch._worker_env(2, str(tmp_path / "tmp"))
+    assert (env["MESOSCAN_COMPUTE_THREADS"], env["MESOSCAN_FRAMES"], env["MESOSCAN_TEMP_DIR"]) == (
+        "2", "4", str(tmp_path / "tmp"))
+    assert batch._worker_env(8, "t")["MESOSCAN_COMPUTE_THREADS"] == "1"  # never below one
+    monkeypatch.delenv("MESOSCAN_COMPUTE_THREADS")
+    batch = Batch(Options(str(rows), tmp_path / "out", frames=4))
+    batch.prepare()
+    assert batch._worker_env(1, "t")["MESOSCAN_COMPUTE_THREADS"] == str(len(os.sched_getaffinity(0)))
