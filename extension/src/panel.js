@@ -102,8 +102,11 @@ async function findTarget() {
   if (target === null) targetProblem = { kind: "no_url" };
 }
 
+let drawing = 0;
+
 /** Draws the page from the tab's state, or a verdict kept from before, or the Scan button. */
 async function render() {
+  const turn = ++drawing;  // storage events come in bursts: only the latest drawing lands
   const state = tabId === null ? null : await getTabState(tabId);
   const mine = state && target && (state.url === target.url || state.pageUrl === target.pageUrl)
     && state.state !== "cancelled" ? state : null;
@@ -143,6 +146,7 @@ async function render() {
   const options = el("button", { type: "button", class: "link options", text: t("settings") });
   options.addEventListener("click", () => void chrome.runtime.openOptionsPage());
   buttons.push(options);
+  if (turn !== drawing) return;
   main.replaceChildren(...content);
   actions.replaceChildren(...buttons);
   setTicking(Boolean(mine && mine.state === "running"));
