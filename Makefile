@@ -5,7 +5,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-DEBIAN_PACKAGES := ffmpeg wrk chromium
+# postgresql and redis-server: the tests start private instances of them when none answers on 127.0.0.1.
+DEBIAN_PACKAGES := ffmpeg wrk chromium postgresql redis-server
 PYTEST_ARGS ?=
 NODE_STAMP := extension/node_modules/.installed
 
@@ -13,7 +14,7 @@ NODE_STAMP := extension/node_modules/.installed
 
 setup: system $(STAMP) $(NODE_STAMP)
 
-# Debian packages the project needs (yt-dlp fixes up HLS downloads with ffmpeg).
+# Debian packages the project needs (ffmpeg remuxes downloaded HLS locally; yt-dlp never runs it).
 system:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

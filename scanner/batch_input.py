@@ -31,8 +31,17 @@ MAX_ROWS = 100_000
 """Rows one batch may hold (a bound on the work and memory of one run)."""
 MAX_URL_LENGTH = 2048
 
-# Query parameters that only track where a click came from; they never change the video.
-_TRACKING = ("utm_", "fbclid", "gclid", "igshid", "mc_cid", "mc_eid", "si")
+# Query parameters that only track where a click came from; they never change the video. Exact names (and the
+# `utm_` family) only: a prefix such as `si` would also drop `sig`, `signature`, `size`, `site` or `sid`, which
+# tell signed CDN URLs of different videos apart.
+_TRACKING_PREFIXES = ("utm_",)
+_TRACKING_NAMES = frozenset({"fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid", "mc_cid",
+                             "mc_eid", "si"})
+
+
+def _is_tracking(name: str) -> bool:
+    name = name.lower()
+    return name in _TRACKING_NAMES or name.startswith(_TRACKING_PREFIXES)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -84,7 +93,7 @@ def normalize_url(url: str) -> str:
     query = sorted(
         (k, v)
         for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if not k.lower().startswith(_TRACKING)
+        if not _is_tracking(k)
     )
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", urllib.parse.urlencode(query), ""))
 

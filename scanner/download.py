@@ -18,6 +18,7 @@ import ctypes
 import hashlib
 import logging
 import multiprocessing
+import os
 import re
 import shutil
 import signal
@@ -205,6 +206,39 @@ class _YtdlpLog:
         return next((m for line in reversed(self.lines) if (m := re.search(pattern, line))), None)
 
 
+class _ForkedChild:
+    """`target(connection)` in a forked process (plain `os.fork`: multiprocessing refuses children of daemonic
+    processes such as Celery's pool workers); the parent reads what it sends on `receive`."""
+
+    def __init__(self, target: Callable[[Any], None]):
+        self.receive, send = multiprocessing.Pipe(duplex=False)
+        self.exitcode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: never returns into the caller's code
+            code = 1
+            try:
+                self.receive.close()
+                target(send)
+                code = 0
+            finally:
+                os._exit(code)
+        send.close()
+
+    def is_alive(self) -> bool:
+        if self.exitcode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.exitcode = os.waitstatus_to_exitcode(status)
+        return self.exitcode is None
+
+    def kill_and_wait(self) -> None:
+        if self.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGKILL)
+            self.exitcode = os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+        self.receive.close()
+
+
 class _Fetch:
     """One fetch: yt-dlp runs in a forked child process (`_child`), this process watches the clock and the caller.
 
@@ -239,11 +273,8 @@ class _Fetch:
 
     def run(self) -> DownloadedVideo:
         self._report("resolving", 0.0)
-        context = multiprocessing.get_context("fork")  # the child inherits the settings, the guard and its resolver
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=self._child, args=(send,), name="mesoscan-fetch", daemon=True)
-        child.start()
-        send.close()
+        child = _ForkedChild(self._child)  # inherits the settings, the guard and its resolver
+        receive = child.receive
         outcome: tuple[Any, ...] | None = None
         try:
             while outcome is None:
@@ -261,10 +292,7 @@ class _Fetch:
                 elif not child.is_alive() and not receive.poll():
                     break
         finally:  # success, a typed failure, a callback's exception, Ctrl-C: the child is gone before the temp dir
-            if child.is_alive():
-                child.kill()
-            child.join()
-            receive.close()
+            child.kill_and_wait()
         if outcome is None:
             raise DownloadFailedError(f"the fetch process ended unexpectedly (exit status {child.exitcode})",
                                       retryable=False)

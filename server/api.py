@@ -63,7 +63,10 @@ def _settings():
 
 
 def _body(schema: type[BaseModel]) -> Any:
-    data = request.get_json()  # 415 unless JSON, 400 when unparsable, 413 over MAX_CONTENT_LENGTH
+    try:
+        data = request.get_json()  # 415 unless JSON, 400 when unparsable, 413 over MAX_CONTENT_LENGTH
+    except RecursionError:  # deeply nested arrays or objects, well under the size limit
+        raise ApiError(400, "invalid_request", "the JSON body is nested too deeply") from None
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
@@ -90,16 +93,44 @@ def check_video_url(url: str, policy=None) -> str:
     if len(url) > settings.max_url_length:
         raise InvalidUrlError(f"the URL is longer than {settings.max_url_length} characters")
     (policy or _policy()).check_url(url)
+    if _has_credentials(url):
+        raise InvalidUrlError("URLs with a user name or password are not accepted (they would be stored and shown)")
     return url.strip()
+
+
+def _has_credentials(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return False
+    return "@" in parts.netloc
 
 
 def _check_page_url(url: str | None) -> str | None:
     if url is None or not url.strip():
         return None
-    parts = urllib.parse.urlsplit(url.strip())
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ApiError(400, "invalid_url", "page_url is not a valid URL") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
         raise ApiError(400, "invalid_url", "page_url must be an http(s) URL")
+    if _has_credentials(url):
+        raise ApiError(400, "invalid_url", "page_url may not hold a user name or password")
     return url.strip()
+
+
+def external_url(endpoint: str, **values) -> str:
+    """An absolute URL under the configured public URL; never built from a request's `Host` header in production
+    (open mode: the request's host, which the app checked is a loopback name; no public URL: a relative URL)."""
+    settings = _settings()
+    path = url_for(endpoint, **values)
+    if settings.public_url:
+        return settings.public_url.rstrip("/") + path
+    if settings.open_mode:
+        return request.host_url.rstrip("/") + path
+    return path
 
 
 MODELS_TTL_S = 60.0
@@ -132,14 +163,16 @@ def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def scan_json(scan: Scan, cached: bool | None = None) -> dict:
+def scan_json(scan: Scan, cached: bool | None = None, page_url: str | None = None,
+              page_token: str | None = None) -> dict:
+    """The scan as the API shows it; `page_url` is the requester's own (its `page_token` goes into the report link)."""
     upload = ({"file_name": scan.upload_name, "size_bytes": scan.upload_bytes}
               if scan.upload_name is not None else None)
     out = {
         "id": scan.id,
         "url": None if upload else scan.url,
         "upload": upload,
-        "page_url": scan.page_url,
+        "page_url": page_url,
         "model": {"name": scan.model, "version": scan.model_version},
         "status": scan.status,
         "progress": ({"stage": scan.stage, "fraction": round(scan.fraction or 0.0, 4)}
@@ -148,8 +181,9 @@ def scan_json(scan: Scan, cached: bool | None = None) -> dict:
         "created_at": _iso(scan.created_at),
         "started_at": _iso(scan.started_at),
         "finished_at": _iso(scan.finished_at),
-        "status_url": url_for("api.get_scan", scan_id=scan.id, _external=True),
-        "report_url": url_for("pages.report", scan_id=scan.id, _external=True),
+        "status_url": external_url("api.get_scan", scan_id=scan.id),
+        "report_url": (external_url("pages.report", scan_id=scan.id, s=page_token) if page_token
+                       else external_url("pages.report", scan_id=scan.id)),
         "reused_from": scan.reused_from,
         "result": scan.result if scan.status in ("done", "failed") else None,
     }
@@ -199,10 +233,11 @@ def create_scan():
         _publish([submission.scan])
     SUBMISSIONS.labels(submission.outcome).inc()
     cached = submission.outcome == "cached"
-    response = jsonify(scan_json(submission.scan, cached=cached))
+    response = jsonify(scan_json(submission.scan, cached=cached, page_url=submission.page_url,
+                                 page_token=submission.page_token))
     if not cached:
         response.status_code = 202
-        response.headers["Location"] = url_for("api.get_scan", scan_id=submission.scan.id, _external=True)
+        response.headers["Location"] = external_url("api.get_scan", scan_id=submission.scan.id)
     return response
 
 
@@ -240,13 +275,15 @@ class FinalCache:
 def get_scan(scan_id: str):
     cache: FinalCache = current_app.extensions.setdefault("mesoscan_final_cache", FinalCache())
     key = (request.host_url, scan_id)
-    body = cache.get(key)
-    if body is None:
-        with read_scope(_settings().database_url) as session:
+    with read_scope(_settings().database_url) as session:
+        page = jobs.page_of(session, scan_id, g.get("api_key_id")) if ID_PATTERN.match(scan_id) else None
+        body = cache.get(key) if page is None else None  # the cached answer holds no one's page URL
+        if body is None:
             scan = _get_or_404(session, Scan, scan_id)
-            body = json.dumps(scan_json(scan), separators=(",", ":")).encode()
-        if scan.status in FINAL:
-            cache.put(key, body)
+            body = json.dumps(scan_json(scan, page_url=page and page.page_url, page_token=page and page.id),
+                              separators=(",", ":")).encode()
+            if scan.status in FINAL and page is None:
+                cache.put(key, body)
     return current_app.response_class(body, mimetype="application/json")
 
 
@@ -318,7 +355,7 @@ def batch_json(session, batch: Batch) -> dict:
             "status": status,
             "verdict": verdict,
             "error": error,
-            "report_url": url_for("pages.report", scan_id=scan_id, _external=True) if scan_id else None,
+            "report_url": external_url("pages.report", scan_id=scan_id) if scan_id else None,
         })
     return {
         "id": batch.id,
@@ -327,7 +364,7 @@ def batch_json(session, batch: Batch) -> dict:
         "total": len(items),
         "counts": counts,
         "complete": not any(item["status"] in ACTIVE for item in items),
-        "status_url": url_for("api.get_batch", batch_id=batch.id, _external=True),
+        "status_url": external_url("api.get_batch", batch_id=batch.id),
         "items": items,
     }
 

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import hmac
 import time
 
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 
 from server.config import ServerSettings, get_settings
+
+
+def _loopback_host_only() -> None:
+    """Open mode answers only requests addressed to a loopback name: a web page whose host name resolves to
+    127.0.0.1 (DNS rebinding) sends its own name in `Host`, and is refused."""
+    from server.dev import is_loopback
+    from server.errors import ApiError
+
+    host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
+    if not is_loopback(host.lower()):
+        raise ApiError(403, "forbidden_host", "open mode answers requests to localhost, 127.0.0.1 or [::1] only")
+
+
+def _check_metrics_token(settings: ServerSettings) -> None:
+    """`/metrics` wants `Authorization: Bearer <MESOSCAN_METRICS_TOKEN>`; without a token set, open mode only."""
+    from server.errors import ApiError
+
+    if not settings.metrics_token:  # unset or empty
+        if settings.open_mode:
+            return
+        raise ApiError(403, "forbidden", "set MESOSCAN_METRICS_TOKEN to scrape /metrics")
+    given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+    if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
+        raise ApiError(401, "unauthorized", "/metrics wants Authorization: Bearer <MESOSCAN_METRICS_TOKEN>",
+                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
 
 
 def create_app(settings: ServerSettings | None = None) -> Flask:
@@ -37,6 +63,8 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     def _start_timer() -> None:
         g.started = time.perf_counter()
 
+    if settings.open_mode:
+        app.before_request(_loopback_host_only)  # before authentication and limits
     init_limits(app, api.bp)
     if settings.allowed_origins:
         # No credentials: the extension's requests carry no cookies (its key travels in X-API-Key).
@@ -50,6 +78,7 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
+        _check_metrics_token(settings)
         return Response(render(settings), mimetype="text/plain; version=0.0.4")
 
     @app.after_request

@@ -50,6 +50,17 @@ class ServerSettings(BaseSettings):
     """Reads (status, batches) per API key."""
     proxy_hops: int = Field(default=0, ge=0, le=5)
     """Reverse proxies in front of the gateway whose X-Forwarded-* headers are trusted."""
+    auth_failure_limit: str = "30/minute"
+    """Requests with a missing, unknown or revoked key per client address; past it, 429 before any key lookup."""
+    public_url: str | None = None
+    """The gateway's public base URL (e.g. `https://scan.example`): every absolute URL it sends (`Location`,
+    `status_url`, `report_url`) starts with it. Unset: open mode uses the (loopback-checked) request host, otherwise
+    the URLs are relative, never built from a request's `Host` header."""
+    metrics_token: str | None = None
+    """Bearer token `/metrics` asks for (`Authorization: Bearer <token>`). Unset: `/metrics` answers 403, except in
+    open mode (loopback only)."""
+    metrics_cache_s: float = Field(default=15, ge=0)
+    """`/metrics` and `/readyz` read the database, the broker and the model backend at most this often per process."""
 
     # Requests
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)

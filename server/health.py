@@ -95,13 +95,28 @@ def healthz():
     return jsonify(status="ok")
 
 
+_ready_lock = threading.Lock()
+_ready: dict[tuple, tuple[float, dict]] = {}
+
+
+def _checks(settings) -> dict:
+    """The three checks, kept for MODEL_CHECK_TTL_S per process: probes may come often, and from anyone."""
+    from serving.config import get_settings as serving_settings
+
+    serving = serving_settings()
+    key = (settings.broker_url, settings.database_url, serving.model_backend, serving.tfserving_url, serving.model)
+    with _ready_lock:
+        hit = _ready.get(key)
+        if hit is None or time.monotonic() - hit[0] >= MODEL_CHECK_TTL_S:
+            hit = (time.monotonic(), {"broker": check_broker(settings.broker_url),
+                                      "database": check_database(settings.database_url),
+                                      "model_backend": check_model_backend()})
+            _ready[key] = hit
+        return hit[1]
+
+
 @bp.get("/readyz")
 def readyz():
-    settings = current_app.config["MESOSCAN"]
-    checks = {
-        "broker": check_broker(settings.broker_url),
-        "database": check_database(settings.database_url),
-        "model_backend": check_model_backend(),
-    }
+    checks = _checks(current_app.config["MESOSCAN"])
     ready = all(c["ok"] for c in checks.values())
     return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503

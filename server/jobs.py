@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from scanner.batch_input import normalize_url  # the same rules for batches run here and by a gateway
 from server.db import session_scope
-from server.models import ACTIVE, DONE, FAILED, FINAL, QUEUED, RUNNING, BatchItem, Scan, utcnow
+from server.models import ACTIVE, DONE, FAILED, FINAL, QUEUED, RUNNING, BatchItem, Scan, ScanSubmission, utcnow
 
 
 def new_id() -> str:
@@ -50,12 +50,40 @@ class Submission:
     scan: Scan
     outcome: Literal["cached", "joined", "created"]
     """cached: a recent verdict answers it; joined: an identical scan is already queued or running; created: new."""
+    page_url: str | None = None
+    """This submission's own page URL (never another key's)."""
+    page_token: str | None = None
+    """The id of its `ScanSubmission` record, for a report link that shows that page URL."""
 
 
 def submit(session: Session, *, url: str, page_url: str | None, model: str, version: int, api_key_id: int | None,
            cache_ttl_s: float) -> Submission:
     """Answer from the cache, join the live scan of the same URL, or create a queued scan (published by the caller
-    after commit, with `scan.task_id`). Two statements: one lookup, one conflict-safe insert."""
+    after commit, with `scan.task_id`). Two statements: one lookup, one conflict-safe insert; a page URL is stored
+    with this key's submission, not on the shared scan."""
+    submission = _find_or_create(session, url=url, model=model, version=version, api_key_id=api_key_id,
+                                 cache_ttl_s=cache_ttl_s)
+    if page_url:
+        record = ScanSubmission(id=new_id(), scan_id=submission.scan.id, api_key_id=api_key_id, page_url=page_url,
+                                created_at=utcnow())
+        session.add(record)
+        submission.page_url, submission.page_token = page_url, record.id
+    return submission
+
+
+def page_of(session: Session, scan_id: str, api_key_id: int | None, token: str | None = None) -> ScanSubmission | None:
+    """The latest submission with a page URL of this scan by this key (or the one `token` names)."""
+    query = select(ScanSubmission).where(ScanSubmission.scan_id == scan_id)
+    if token is not None:
+        query = query.where(ScanSubmission.id == token)
+    else:
+        query = query.where(ScanSubmission.api_key_id.is_(None) if api_key_id is None
+                            else ScanSubmission.api_key_id == api_key_id)
+    return session.scalars(query.order_by(ScanSubmission.created_at.desc()).limit(1)).first()
+
+
+def _find_or_create(session: Session, *, url: str, model: str, version: int, api_key_id: int | None,
+                    cache_ttl_s: float) -> Submission:
     normalized = normalize_url(url)
     key = active_key(model, version, normalized)
     wanted = [Scan.active_key == key]
@@ -70,7 +98,7 @@ def submit(session: Session, *, url: str, page_url: str | None, model: str, vers
     if live := next((s for s in found if s.active_key == key), None):
         return Submission(live, "joined")
     now = utcnow()
-    values = {"id": new_id(), "url": url.strip(), "normalized_url": normalized, "page_url": page_url, "model": model,
+    values = {"id": new_id(), "url": url.strip(), "normalized_url": normalized, "page_url": None, "model": model,
               "model_version": version, "status": QUEUED, "active_key": key, "task_id": new_task_id(),
               "attempts": 0, "api_key_id": api_key_id, "created_at": now, "enqueued_at": now}
     postgresql = session.get_bind().dialect.name == "postgresql"

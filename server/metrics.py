@@ -3,6 +3,8 @@
 Scans by status and label come from the database, the queue depth from the broker, and stage timings from a
 histogram that workers (on any machine) add to in Redis, so one scrape of any gateway sees the whole system.
 Under gunicorn the request metrics are shared between processes (`PROMETHEUS_MULTIPROC_DIR`, set by `mesoscan serve`).
+The system part is read at most every `metrics_cache_s` per process (a scrape flood costs no database work), and
+`/metrics` is behind a bearer token (`server.app`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
+import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
@@ -48,15 +52,27 @@ def queue_keys(queue: str) -> list[str]:
     return [queue] + [f"{queue}{sep}{step}" for step in (3, 6, 9)]
 
 
+_cache_lock = threading.Lock()
+_cache: dict[tuple, tuple[float, list]] = {}
+
+
 class SystemCollector:
-    """Collects, at scrape time, what no single process counts: scans, queue depth, stage timings."""
+    """Collects, at scrape time, what no single process counts: scans, queue depth, stage timings; the families
+    are kept for `metrics_cache_s` seconds per process."""
 
     def __init__(self, settings):
         self.settings = settings
 
     def collect(self):
-        yield from self._scans()
-        yield from self._broker()
+        s = self.settings
+        key = (s.database_url, s.broker_url, s.queue)
+        ttl = getattr(s, "metrics_cache_s", 0)
+        with _cache_lock:  # one scrape at a time reads the system; the others wait for its answer
+            hit = _cache.get(key)
+            if hit is None or time.monotonic() - hit[0] >= ttl:
+                hit = (time.monotonic(), [*self._scans(), *self._broker()])
+                _cache[key] = hit
+        yield from hit[1]
 
     def _scans(self):
         from server.db import get_engine

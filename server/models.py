@@ -1,4 +1,5 @@
-"""The stored records: API keys, scans (the verdict document as JSON), batches and their items."""
+"""The stored records: API keys, scans (the verdict document as JSON), submissions' page URLs, batches and their
+items."""
 
 from __future__ import annotations
 
@@ -63,6 +64,8 @@ class Scan(Base):
     url: Mapped[str] = mapped_column(Text)
     normalized_url: Mapped[str] = mapped_column(Text)
     page_url: Mapped[str | None] = mapped_column(Text)
+    """Unused since migration 0003 (always NULL): a page URL belongs to one submission (`ScanSubmission`), never to the
+    verdict other users' submissions share."""
     model: Mapped[str] = mapped_column(String(100))
     model_version: Mapped[int] = mapped_column(Integer)
     """Verdicts are reused only for the same model name and version."""
@@ -95,6 +98,22 @@ class Scan(Base):
         Index("ix_scans_content", "sha256", "model", "model_version", "finished_at"),
         Index("ix_scans_status", "status"),
     )
+
+
+class ScanSubmission(Base):
+    """One key's submission of a URL with the page it was found on: private to that key (and to the report link
+    made for it), while the scan and its verdict are shared by everyone who submits the same URL."""
+
+    __tablename__ = "submissions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """Unguessable: the report link of this submission carries it (`/scans/<scan id>?s=<id>`)."""
+    scan_id: Mapped[str] = mapped_column(ForeignKey("scans.id", ondelete="CASCADE"))
+    api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"))
+    page_url: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_submissions_scan_key", "scan_id", "api_key_id", "created_at"),)
 
 
 class Batch(Base):

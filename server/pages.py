@@ -13,8 +13,9 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from flask import Blueprint, current_app, render_template
+from flask import Blueprint, current_app, render_template, request
 
+from server import jobs
 from server.db import read_scope
 from server.errors import ApiError
 from server.models import Scan
@@ -102,6 +103,10 @@ def report(scan_id: str):
         scan = session.get(Scan, scan_id)
         if scan is None:
             raise ApiError(404, "not_found", "there is no scan with this id")
+        # The page a video was found on is shown only through the report link made for that submission.
+        token = request.args.get("s", "")
+        page = jobs.page_of(session, scan_id, None, token=token) if _ID.match(token) else None
+    page_url = page.page_url if page is not None else None
     document = scan.result or {}
     verdict = document.get("verdict") or {}
     source = document.get("source") or {}
@@ -111,7 +116,7 @@ def report(scan_id: str):
                                verdict.get("uncertain_band", 0.0))
     return render_template("report.html", scan=scan, document=document, verdict=verdict, source=source,
                            chart=chart, faces=faces(document), source_link=safe_link(source.get("url") or scan.url),
-                           page_link=safe_link(scan.page_url))
+                           page_url=page_url, page_link=safe_link(page_url))
 
 
 # --- the scan form ---------------------------------------------------------------------------------------------

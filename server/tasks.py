@@ -81,7 +81,10 @@ def settings() -> ServerSettings:
 
 def publish(scan_id: str, task_id: str) -> None:
     """Send one scan's task; raises kombu's OperationalError when the broker is unreachable."""
-    scan_task.apply_async(args=[scan_id], task_id=task_id, queue=settings().queue)
+    # No time limits in the message: each worker applies its own settings' (a message would otherwise carry the
+    # limits the sending process bound when it first configured Celery, whatever its settings are now).
+    scan_task.apply_async(args=[scan_id], task_id=task_id, queue=settings().queue, time_limit=None,
+                          soft_time_limit=None)
 
 
 # --- the scanners of this process ----------------------------------------------------------------------------------
@@ -195,6 +198,26 @@ def _backoff(s: ServerSettings, attempt: int) -> float:
     return min(s.retry_backoff_s * 2 ** (attempt - 1), s.retry_backoff_max_s)
 
 
+def _retry(task, s: ServerSettings, scan_id: str, task_id: str, countdown: float) -> str:
+    """Send the scan's message again after `countdown` seconds.
+
+    Celery's in-memory broker (`serve --dev`) never delivers a message published from inside a running task (the solo
+    pool runs tasks in the consumer's own thread), so there a timer thread publishes it when the backoff ends."""
+    if not s.broker_url.startswith("memory://"):
+        raise task.retry(countdown=countdown)
+    timer = threading.Timer(countdown, _publish_quietly, (scan_id, task_id))
+    timer.daemon = True
+    timer.start()
+    return "retrying"
+
+
+def _publish_quietly(scan_id: str, task_id: str) -> None:
+    try:
+        publish(scan_id, task_id)
+    except Exception as exc:  # the recovery sweep sends it again later
+        log.warning("scan %s: retry not sent: %s", scan_id, exc)
+
+
 def _failed(url: str, code: str, message: str, file_name: str | None = None) -> dict:
     from scanner.verdict import failed_document
 
@@ -228,7 +251,7 @@ def scan_task(self, scan_id: str) -> str:
     if claim.outcome == "gone":
         return "skipped"
     if claim.outcome == "busy":  # a live delivery has it: look again once its heartbeat could have gone stale
-        raise self.retry(countdown=s.stale_after_s)
+        return _retry(self, s, scan_id, task_id, s.stale_after_s)
     from server import uploads
 
     file_name = uploads.upload_name(s, scan_id) if claim.url.startswith("upload:") else None
@@ -270,7 +293,7 @@ def scan_task(self, scan_id: str) -> str:
         log.info("scan %s: %s (attempt %d of %d), retrying", scan_id, error.get("code"), claim.attempts,
                  s.max_attempts)
         jobs.back_to_queue(s.database_url, scan_id, task_id)
-        raise self.retry(countdown=_backoff(s, claim.attempts))
+        return _retry(self, s, scan_id, task_id, _backoff(s, claim.attempts))
     if jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None) and not reused \
             and document.get("status") == "done":
         _record_timings(s, document)

@@ -441,9 +441,9 @@ def _unlink(path: Path) -> int:
 def create_upload_scan():
     """`POST /api/v1/scans` with a multipart body: the `file` part (and an optional `model` field) becomes a scan.
     The key was checked and the submission counted by the rate limiter before the body is read."""
-    from flask import current_app, g, jsonify, request, url_for
+    from flask import current_app, g, jsonify, request
 
-    from server.api import scan_json
+    from server.api import external_url, scan_json
     from server.limits import rate_key
     from server.metrics import SUBMISSIONS
 
@@ -467,7 +467,7 @@ def create_upload_scan():
     response = jsonify(scan_json(scan, cached=cached))
     if not cached:
         response.status_code = 202
-        response.headers["Location"] = url_for("api.get_scan", scan_id=scan.id, _external=True)
+        response.headers["Location"] = external_url("api.get_scan", scan_id=scan.id)
     return response
 
 

@@ -348,7 +348,9 @@ def test_report_page_escapes_what_came_from_the_video(app, pg_url):
     evil = '<script>alert("t")</script><img src=x onerror=alert(1)>'
     scan_id = finished_scan(pg_url, unique_url("xss") + '?q="><script>alert(2)</script>', title=evil,
                             page_url="javascript:alert(3)")
-    r = app.test_client().get(f"/scans/{scan_id}")
+    with session_scope(pg_url) as session:
+        token = jobs.page_of(session, scan_id, None).id  # the page URL shows on its submission's report link only
+    r = app.test_client().get(f"/scans/{scan_id}?s={token}")
     assert r.status_code == 200 and r.mimetype == "text/html"
     html = r.get_data(as_text=True)
     assert "<script" not in html and "onerror=alert" not in html.replace("onerror=alert(1)&gt;", "")
@@ -401,7 +403,7 @@ def test_metrics(client, pg_url, stack_redis):
     finished_scan(pg_url, unique_url("metrics"))
     client.post("/api/v1/scans", json={"url": unique_url("metrics")})
     record_stage_timings(stack_redis.client(), {"fetch": 300.0, "total": 1500.0})
-    text = client.get("/metrics").get_data(as_text=True)
+    text = client.get("/metrics", headers={"Authorization": "Bearer test-metrics-token"}).get_data(as_text=True)
     assert 'mesoscan_scans{label="fake",status="done"}' in text
     assert "mesoscan_queue_depth" in text
     assert 'mesoscan_stage_seconds_bucket{le="0.5",stage="fetch"}' in text

@@ -10,6 +10,7 @@ import requests
 
 from scanner.verdict import validate
 from tests.conftest import DEFAULT_MODEL
+from tests.support.server_stack import METRICS_TOKEN
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +141,9 @@ def test_gateway_health_and_metrics_over_http(server_stack):
     assert requests.get(f"{server_stack.base_url}/healthz", timeout=5).json() == {"status": "ok"}
     ready = requests.get(f"{server_stack.base_url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
-    metrics = requests.get(f"{server_stack.base_url}/metrics", timeout=10).text
+    assert requests.get(f"{server_stack.base_url}/metrics", timeout=10).status_code == 401  # the token is needed
+    metrics = requests.get(f"{server_stack.base_url}/metrics", timeout=10,
+                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
     assert 'mesoscan_scans{label=' in metrics and "mesoscan_queue_depth" in metrics
     assert 'mesoscan_stage_seconds_count{stage="total"}' in metrics
     assert "mesoscan_http_requests_total" in metrics

@@ -6,26 +6,32 @@ stack serves every module of the run). Pieces:
 - `RedisServer`: `redis-server` on a free loopback port, in memory only (`--save '' --appendonly no`), so a restart
   loses its data as a crashed production Redis without persistence would; `stop()` / `start()` on the same port.
 - `postgres_database()`: `CREATE DATABASE mesoscan_test_<random>` on 127.0.0.1:5432 (user postgres, trust auth),
-  dropped at the end.
+  dropped at the end; when nothing answers there (a fresh machine), on a private `PostgresServer` started once for
+  the run (own data directory, free port, removed at exit).
 - `Service`: a subprocess in its own process group (so a test can SIGKILL a worker and all its pool children), with
   its output in a log file shown when it fails.
 - fixtures: `pg_url` and `stack_redis` (session), `server_stack` (session: a migrated database of its own, an API
   key, a gunicorn gateway, one worker, a media server over the shared clips), `make_app` (an in-process Flask app
   on `pg_url` and the same Redis, for Flask's test client; settings can be overridden).
 
-Workers scan with the embedded backend and `MESOSCAN_FRAMES=8`; the network allowlist opens 127.0.0.1 only, so the
-clips of the media server can be fetched while every other non-public address stays blocked.
+Workers scan with the embedded backend and `MESOSCAN_FRAMES=8`; the network allowlist opens the media server's
+`127.0.0.1:<port>` only, so its clips can be fetched while every other address (other loopback ports too) stays
+blocked: the guard in real workers is exercised.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
+import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,7 +46,6 @@ PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 # Fast-moving job settings for tests: heartbeats every half second, lost scans found within a few seconds.
 JOB_ENV = {
     "MESOSCAN_FRAMES": "8",
-    "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]',
     "MESOSCAN_HEARTBEAT_S": "0.5",
     "MESOSCAN_STALE_AFTER_S": "3",
     "MESOSCAN_RECOVERY_INTERVAL_S": "1",
@@ -52,9 +57,15 @@ JOB_ENV = {
     "MESOSCAN_GATEWAY_WORKERS": "2",
     "MESOSCAN_RATE_LIMIT": "100000/minute",
     "MESOSCAN_READ_RATE_LIMIT": "1000000/minute",
+    "MESOSCAN_AUTH_FAILURE_LIMIT": "1000000/minute",
+    "MESOSCAN_METRICS_TOKEN": "test-metrics-token",
     "TF_CPP_MIN_LOG_LEVEL": "2",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+METRICS_TOKEN = "test-metrics-token"
+"""`/metrics` of the test gateways wants `Authorization: Bearer METRICS_TOKEN`."""
 
 
 def free_port() -> int:
@@ -162,17 +173,91 @@ class RedisServer:
             self.service.stop()
 
 
+class PostgresServer:
+    """A private PostgreSQL (Debian's binaries) on a free loopback port, in a temporary directory removed by stop();
+    started for the tests when none answers on 127.0.0.1:5432 (a fresh machine). Run as the `postgres` user (or
+    `nobody`) when the tests run as root, since PostgreSQL refuses to."""
+
+    def __init__(self) -> None:
+        self.directory = Path(tempfile.mkdtemp(prefix="mesoscan-pg-"))
+        self.port = free_port()
+        self.bin = _postgres_bin()
+
+    @property
+    def admin_url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *argv: str) -> None:
+        command = [str(self.bin / argv[0]), *argv[1:]]
+        if os.geteuid() == 0:
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.directory, user)
+            command = ["runuser", "-u", user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> PostgresServer:
+        data = self.directory / "data"
+        self._run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
+        self._run("pg_ctl", "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w", "-t", "60", "-o",
+                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off", "start")
+        return self
+
+    def stop(self) -> None:
+        with contextlib.suppress(subprocess.SubprocessError, OSError):
+            self._run("pg_ctl", "-D", str(self.directory / "data"), "-m", "immediate", "-w", "stop")
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+def _postgres_bin() -> Path:
+    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if versions:
+        return versions[-1].parent
+    if found := shutil.which("initdb"):
+        return Path(found).parent
+    raise RuntimeError("PostgreSQL is neither reachable on 127.0.0.1:5432 nor installed (`make system`)")
+
+
+def _user_exists(name: str) -> bool:
+    import pwd
+
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+_admin_url: str | None = None
+
+
+def postgres_admin_url() -> str:
+    """The machine's PostgreSQL on 127.0.0.1:5432 when it answers, else a private one started for this run."""
+    global _admin_url
+    if _admin_url is None:
+        import psycopg
+
+        try:
+            psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+            _admin_url = PG_ADMIN_URL
+        except psycopg.OperationalError:
+            server = PostgresServer().start()
+            atexit.register(server.stop)
+            _admin_url = server.admin_url
+    return _admin_url
+
+
 @contextlib.contextmanager
 def postgres_database() -> Iterator[str]:
     import psycopg
 
+    admin_url = postgres_admin_url()
     name = f"mesoscan_test_{secrets.token_hex(6)}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+    with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     try:
-        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
+        yield admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True, connect_timeout=5) as admin:
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
@@ -296,7 +381,11 @@ def server_stack(_models_env, stack_redis, tmp_path_factory) -> Iterator[Stack]:
             key = create_key(session, "stack tests").key
         clips = {p.name: p for p in sorted(require_shared(VIDEOS_DIR).glob("*.mp4"))}
         media = MediaServer(files=clips).start()
-        gateway, base = start_gateway(env, log_dir)
+        # The workers may reach the media server and nothing else on this machine (a redirect elsewhere is blocked).
+        env["MESOSCAN_NETWORK_ALLOWLIST"] = json.dumps([media.netloc])
+        port = free_port()
+        env["MESOSCAN_PUBLIC_URL"] = f"http://127.0.0.1:{port}"
+        gateway, base = start_gateway(env, log_dir, port)
         stack = Stack(database_url, stack_redis, env, log_dir, gateway, base, key, media, upload_dir)
         try:
             stack.add_worker("w1")
@@ -321,7 +410,8 @@ def make_app(pg_url, stack_redis):
     def make(**overrides):
         forget_cached_keys()
         values = {"database_url": pg_url, "broker_url": stack_redis.url, "queue": "mesoscan.api-tests",
-                  "rate_limit": "1000/minute", "read_rate_limit": "100000/minute"} | overrides
+                  "rate_limit": "1000/minute", "read_rate_limit": "100000/minute",
+                  "auth_failure_limit": "100000/minute", "metrics_token": METRICS_TOKEN} | overrides
         app = create_app(ServerSettings(**values))
         app.config["TESTING"] = True
         return app
