@@ -581,7 +581,7 @@ class Batch:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
     def _run_gateway(self, todo: list[Item]) -> None:
-        from scanner.batch_gateway import Gateway, GatewayError, GatewayRequestError
+        from scanner.batch_gateway import Gateway, GatewayError, GatewayRequestError, RateLimitedError
 
         assert self.progress is not None
         assert self.options.gateway is not None
@@ -594,11 +594,27 @@ class Batch:
         try:
             limit = gateway.check()
             batches: list[tuple[str, list[Item]]] = []
-            for start in range(0, len(todo), limit):
+            # (chunk, 429s met): a chunk refused twice is split, since a gateway may charge its rate limit per URL
+            chunks = deque((todo[start : start + limit], 0) for start in range(0, len(todo), limit))
+            while chunks:
                 if self.stop:
                     return
-                chunk = todo[start : start + limit]
-                answer = gateway.submit([item.target.value for item in chunk], self.options.model)
+                chunk, refused = chunks.popleft()
+                try:
+                    answer = gateway.submit(
+                        [item.target.value for item in chunk], self.options.model, raise_429=len(chunk) > 1
+                    )
+                except RateLimitedError:
+                    if refused == 0:
+                        chunks.appendleft((chunk, 1))
+                    else:
+                        half = len(chunk) // 2
+                        self.progress.note(
+                            f"the gateway's rate limit refuses {len(chunk)} URLs at once: sending "
+                            f"{half} and {len(chunk) - half}"
+                        )
+                        chunks.extendleft([(chunk[half:], 0), (chunk[:half], 0)])
+                    continue
                 model = answer.get("model") or {}
                 if model.get("name"):
                     self.model_label = f"{model['name']} v{model.get('version')}"

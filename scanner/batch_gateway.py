@@ -27,6 +27,10 @@ class GatewayError(Exception):
     """The gateway cannot be reached or refuses the key: the batch stops (exit status 3)."""
 
 
+class RateLimitedError(Exception):
+    """A 429 waited out (Retry-After) but not retried: the caller may send less at once."""
+
+
 class GatewayRequestError(Exception):
     """The gateway refused a request for a reason of the request (e.g. an unknown model): a usage error."""
 
@@ -54,8 +58,11 @@ class Gateway:
         while not self.should_stop() and time.monotonic() < deadline:
             time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
 
-    def request(self, method: str, url: str, attempts: int = CONNECT_ATTEMPTS, **kwargs) -> Any:
-        """The JSON answer; waits out 429/503 (Retry-After) and connection failures; raises GatewayError."""
+    def request(
+        self, method: str, url: str, attempts: int = CONNECT_ATTEMPTS, raise_429: bool = False, **kwargs
+    ) -> Any:
+        """The JSON answer; waits out 429/503 (Retry-After) and connection failures; raises GatewayError (and
+        RateLimitedError after waiting out a 429 when `raise_429`)."""
         failures = 0
         while True:
             try:
@@ -75,6 +82,8 @@ class Gateway:
                 self._sleep(wait)
                 if self.should_stop():
                     raise GatewayError("stopped while waiting for the gateway")
+                if raise_429 and response.status_code == 429:
+                    raise RateLimitedError(_message(response))
                 continue
             if response.status_code in (401, 403):
                 raise GatewayError(
@@ -104,11 +113,11 @@ class Gateway:
             self.request("GET", f"{self.base}/api/v1/batches/mesoscan-batch-key-check")
         return max(1, limit)
 
-    def submit(self, urls: list[str], model: str | None) -> dict:
+    def submit(self, urls: list[str], model: str | None, raise_429: bool = False) -> dict:
         body: dict[str, Any] = {"urls": urls}
         if model is not None:
             body["model"] = model
-        return self.request("POST", f"{self.base}/api/v1/batches", json=body)
+        return self.request("POST", f"{self.base}/api/v1/batches", raise_429=raise_429, json=body)
 
     def get(self, url: str) -> dict:
         return self.request("GET", url)

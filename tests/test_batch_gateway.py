@@ -76,6 +76,8 @@ def test_through_a_dev_gateway(dev_gateway, server, tmp_path):
     assert result.returncode == 1, (result.stderr, service.log())
     # five distinct URLs reach the gateway in chunks of two; the second chunk within the second meets a 429
     assert "the gateway answered 429" in result.stderr and "Retry-After" in result.stderr
+    # the gateway charges a batch per URL: two URLs never fit a limit of one a second, so chunks are split
+    assert "the gateway's rate limit refuses 2 URLs at once: sending 1 and 1" in result.stderr
     entries = read_jsonl(out / "results.jsonl")
     assert [e["input"] for e in entries] == rows
     by_ref = {e["input"]["ref"]: e for e in entries}
