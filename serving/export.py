@@ -18,14 +18,11 @@ import uuid
 from pathlib import Path
 
 from serving.config import ServingSettings, get_settings
-from serving.mesonet import IMAGE_SIZE
+from serving.contract import DEFAULT_SIGNATURE, IMAGE_SIZE, IMAGES_INPUT, JPEG_INPUT, JPEG_SIGNATURE, OUTPUT
 from serving.registry import get_model, load_keras_model
 
-DEFAULT_SIGNATURE = "serving_default"
-JPEG_SIGNATURE = "jpeg"
-IMAGES_INPUT = "images"
-JPEG_INPUT = "jpeg"
-OUTPUT = "fake_probability"
+__all__ = ["DEFAULT_SIGNATURE", "IMAGES_INPUT", "JPEG_INPUT", "JPEG_SIGNATURE", "OUTPUT", "build_archive",
+           "export_model"]
 
 
 def build_archive(model):

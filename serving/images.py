@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from serving.backends.base import check_faces
+from serving.contract import IMAGE_SIZE
 from serving.errors import InvalidInputError
-from serving.mesonet import IMAGE_SIZE
+
+__all__ = ["check_faces", "decode_image", "encode_jpeg", "encode_png", "load_face", "resize_face", "resize_faces"]
 
 RESIZE_METHOD = "centre crop to square, then antialiased bilinear resize to 256×256, rounded to uint8"
 
@@ -95,15 +98,3 @@ def encode_png(face: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(face).save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
-
-
-def check_faces(faces: np.ndarray) -> np.ndarray:
-    """Raise `InvalidInputError` unless `faces` is uint8 [N, 256, 256, 3]; return it contiguous."""
-    faces = np.asarray(faces)
-    if faces.dtype != np.uint8:
-        raise InvalidInputError(f"faces must be uint8 RGB (0-255), got dtype {faces.dtype}")
-    if faces.ndim != 4 or faces.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE, 3):
-        raise InvalidInputError(
-            f"faces must have shape [N, {IMAGE_SIZE}, {IMAGE_SIZE}, 3], got {list(faces.shape)}"
-        )
-    return np.ascontiguousarray(faces)

@@ -14,15 +14,10 @@ in the authors' creation order: the weight loader maps the authors' files onto t
 
 from __future__ import annotations
 
-from typing import Literal
-
 import keras
 from keras import layers, ops
 
-IMAGE_SIZE = 256
-Arch = Literal["meso4", "mesoinception4"]
-Output = Literal["p_real", "p_fake"]
-ARCHS: tuple[Arch, ...] = ("meso4", "mesoinception4")
+from serving.contract import ARCHS, IMAGE_DTYPE, IMAGE_SIZE, IMAGES_INPUT, OUTPUT, Arch, Output
 
 
 @keras.saving.register_keras_serializable(package="mesoscan")
@@ -42,7 +37,7 @@ class FakeProbability(layers.Layer):
 
 
 def _inputs() -> tuple[keras.KerasTensor, keras.KerasTensor]:
-    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype="uint8", name="images")
+    images = keras.Input((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=IMAGE_DTYPE, name=IMAGES_INPUT)
     return images, layers.Rescaling(1.0 / 255, name="scale")(images)
 
 
@@ -54,7 +49,7 @@ def _classifier_head(x, output: Output, leaky_relu: bool, first: int = 1):
         x = layers.LeakyReLU(negative_slope=0.1, name="leaky_re_lu_1")(x)
     x = layers.Dropout(0.5, name=f"dropout_{first + 1}")(x)
     x = layers.Dense(1, activation="sigmoid", name=f"dense_{first + 1}")(x)
-    return FakeProbability(output == "p_real", name="fake_probability")(x)
+    return FakeProbability(output == "p_real", name=OUTPUT)(x)
 
 
 def meso4(output: Output = "p_fake") -> keras.Model:

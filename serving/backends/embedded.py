@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.backends.base import Predictor
 from serving.config import ServingSettings
-from serving.mesonet import IMAGE_SIZE
-from serving.predictor import Predictor
+from serving.contract import IMAGE_SIZE
 from serving.registry import ModelSpec, load_keras_model
 
 

@@ -13,7 +13,9 @@ import os
 
 import numpy as np
 
+from serving.backends.base import Predictor
 from serving.config import ServingSettings
+from serving.contract import DEFAULT_SIGNATURE, IMAGE_SIZE, IMAGES_INPUT, OUTPUT
 from serving.errors import (
     InvalidInputError,
     ModelNotServedError,
@@ -22,9 +24,6 @@ from serving.errors import (
     ServingError,
     TFServingConfigError,
 )
-from serving.export import DEFAULT_SIGNATURE, IMAGES_INPUT, OUTPUT
-from serving.mesonet import IMAGE_SIZE
-from serving.predictor import Predictor
 from serving.registry import ModelSpec
 
 INT32_MAX = 2**31 - 1

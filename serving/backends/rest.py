@@ -14,7 +14,9 @@ from urllib.parse import quote
 
 import numpy as np
 
+from serving.backends.base import Predictor
 from serving.config import ServingSettings
+from serving.contract import JPEG_SIGNATURE
 from serving.errors import (
     InvalidInputError,
     ModelNotServedError,
@@ -22,9 +24,7 @@ from serving.errors import (
     PredictionTimeoutError,
     TFServingConfigError,
 )
-from serving.export import JPEG_SIGNATURE
 from serving.images import encode_jpeg, encode_png
-from serving.predictor import Predictor
 from serving.registry import ModelSpec
 
 
