@@ -8,33 +8,15 @@ from fractions import Fraction
 from pathlib import Path
 
 from scanner.errors import CorruptVideoError, NotAVideoError, TooLongError
-from scanner.video import PacketIndex, decode_limits, limit_decoder, read_index
+from scanner.media import SAFE_OPEN_OPTIONS, decode_limits, open_container, open_media, video_stream
+from scanner.video import PacketIndex, limit_decoder, read_index
+
+__all__ = ["SAFE_OPEN_OPTIONS", "VideoInfo", "open_container", "open_media", "probe_video"]
 
 log = logging.getLogger(__name__)
 
 # Containers that keep a seek index (mp4/mov sample tables, Matroska cues, AVI idx1): seeking to a time is cheap.
 _INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi", "asf"}
-
-SAFE_OPEN_OPTIONS = {
-    # Downloaded files are attacker-controlled: without these, a "video" that is really an HLS playlist or an ffconcat
-    # script makes FFmpeg open the URLs or local files it lists, behind the network guard's back.
-    "protocol_whitelist": "file",
-    "format_whitelist": "mov,matroska,mpegts,avi,flv,asf,mpeg,ogg,mxf",
-}
-"""FFmpeg options for opening any media file of MesoScan's: local files only, container demuxers only."""
-
-
-def open_media(path: str | Path, max_pixels: int | None = None):
-    """`av.open` for reading a (possibly downloaded) media file safely; use it for every file that is decoded.
-
-    The decoders FFmpeg opens to find the streams' parameters allocate no frame over `max_pixels` (default: the
-    settings' `max_frame_pixels`)."""
-    import av
-
-    _, max_pixels, _ = decode_limits(0, max_pixels, 0)
-    options = {**SAFE_OPEN_OPTIONS, "max_pixels": str(max_pixels)}
-    return av.open(str(path), options=options, metadata_errors="ignore")
-
 
 @dataclass(frozen=True)
 class VideoInfo:
@@ -59,27 +41,6 @@ class VideoInfo:
         return {k: v for k, v in asdict(self).items() if k != "index"}
 
 
-def _sniff_container(path: Path) -> str | None:
-    """The media container a file's first bytes announce, if any (to tell a damaged video from something else)."""
-    with open(path, "rb") as f:
-        head = f.read(400)
-    if len(head) >= 8 and head[4:8] in (b"ftyp", b"moov", b"mdat", b"free", b"skip", b"wide", b"pnot"):
-        return "mp4/mov"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "matroska/webm"
-    if head.startswith(b"RIFF") and head[8:12] == b"AVI ":
-        return "avi"
-    if head.startswith(b"FLV\x01"):
-        return "flv"
-    if head.startswith(b"\x00\x00\x01\xba"):
-        return "mpeg-ps"
-    if len(head) > 376 and head[0] == head[188] == head[376] == 0x47:
-        return "mpeg-ts"
-    if head.startswith(b"\x30\x26\xb2\x75\x8e\x66\xcf\x11"):
-        return "asf/wmv"
-    return None
-
-
 def probe_video(path: str | Path, max_duration_s: float | None = None, *, max_frames: int | None = None,
                 max_pixels: int | None = None) -> VideoInfo:
     """Open `path`, check it holds a decodable video stream and describe it.
@@ -95,36 +56,11 @@ def probe_video(path: str | Path, max_duration_s: float | None = None, *, max_fr
         return _describe(container, path, max_duration_s, max_frames, max_pixels)
 
 
-def open_container(path: Path, max_pixels: int | None = None):
-    """`open_media`, with a failure classified: `CorruptVideoError` when the file starts like a video container,
-    `NotAVideoError` otherwise."""
-    import av
-
-    if not path.is_file():
-        raise NotAVideoError(f"{path.name}: no such file")
-    if path.stat().st_size == 0:
-        raise NotAVideoError(f"{path.name} is empty")
-    try:
-        return open_media(path, max_pixels)
-    except (av.FFmpegError, UnicodeDecodeError) as e:
-        if kind := _sniff_container(path):
-            raise CorruptVideoError(f"{path.name} starts like {kind} but cannot be opened: {e}") from e
-        raise NotAVideoError(f"{path.name} is not a media file") from e
-
-
 def _describe(container, path: Path, max_duration_s: float | None, max_frames: int, max_pixels: int) -> VideoInfo:
-    import av
-
     fmt = container.format.name
     if fmt == "image2" or fmt.endswith("_pipe"):
         raise NotAVideoError(f"{path.name} is a still image ({fmt}), not a video")
-    videos = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
-    if not videos:
-        kinds = sorted({s.type for s in container.streams if s not in container.streams.video})
-        if container.streams.video:
-            kinds.append("cover art")
-        raise NotAVideoError(f"{path.name} has no video stream (only {' and '.join(kinds) or 'nothing'})")
-    stream = videos[0]
+    stream = video_stream(container, path.name)
     ctx = stream.codec_context
     rate = stream.average_rate or stream.guessed_rate
     fps = float(rate) if rate else None

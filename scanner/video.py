@@ -29,7 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from scanner.errors import CorruptVideoError, NotAVideoError, TooLargeError, TooLongError
+from scanner.errors import CorruptVideoError, TooLargeError, TooLongError
+from scanner.media import decode_limits, open_container, video_stream
+
+__all__ = ["Frame", "PacketIndex", "choose_frames", "decode_limits", "decode_ranges", "index_packets", "limit_decoder",
+           "read_index", "sample_frames"]
 
 
 @dataclass(frozen=True)
@@ -63,26 +67,14 @@ class PacketIndex:
 
 
 def _open(path: Path, max_pixels: int | None = None):
-    """Open a media file the safe way (`scanner.probe.open_media`: local files, container demuxers only)."""
-    from scanner.probe import open_container
-
+    """Open a media file the safe way (`scanner.media.open_container`) and pick its video stream
+    (`scanner.media.video_stream`: cover art skipped, as when probing)."""
     container = open_container(path, max_pixels)
-    if not container.streams.video:
+    try:
+        return container, video_stream(container, path.name)
+    except BaseException:
         container.close()
-        raise NotAVideoError("the file has no video stream")
-    return container
-
-
-def decode_limits(max_frames: int | None, max_pixels: int | None, frame_pixels: int | None) -> tuple[int, int, int]:
-    """The decoding limits given, the settings' for those left out."""
-    if None in (max_frames, max_pixels, frame_pixels):
-        from scanner.config import get_settings
-
-        settings = get_settings()
-        max_frames = settings.max_frames if max_frames is None else max_frames
-        max_pixels = settings.max_frame_pixels if max_pixels is None else max_pixels
-        frame_pixels = settings.frame_pixels if frame_pixels is None else frame_pixels
-    return max_frames, max_pixels, frame_pixels  # type: ignore[return-value]
+        raise
 
 
 def limit_decoder(stream, max_pixels: int) -> None:
@@ -124,8 +116,9 @@ def read_index(container, stream, max_frames: int | None = None) -> PacketIndex:
 
 def index_packets(path: str | Path, max_frames: int | None = None) -> PacketIndex:
     """Demux (without decoding) every video packet of `path`."""
-    with _open(Path(path)) as container:
-        return read_index(container, container.streams.video[0], max_frames)
+    container, stream = _open(Path(path))
+    with container:
+        return read_index(container, stream, max_frames)
 
 
 def choose_frames(index: PacketIndex, count: int, keyframes: bool = False) -> list[int]:
@@ -196,9 +189,8 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
     needed = {i for a, b in ranges for i in range(a, b + 1)}
     range_end = {b for _, b in ranges}
 
-    container = _open(path, max_pixels)
+    container, stream = _open(path, max_pixels)
     try:
-        stream = container.streams.video[0]
         limit_decoder(stream, max_pixels)
         stream.thread_type = "AUTO"
         if threads is not None:
@@ -234,9 +226,8 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
 
 def decode_all(path: str | Path) -> int:
     """Decode every frame of `path` sequentially (the cost sampling saves), returning the frame count."""
-    container = _open(Path(path))
+    container, stream = _open(Path(path))
     try:
-        stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         return sum(1 for _ in container.decode(stream))
     finally:

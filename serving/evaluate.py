@@ -18,6 +18,7 @@ import numpy as np
 from serving.config import ServingSettings, get_settings
 from serving.dataset import IMAGE_SUFFIXES, LabelledCrop, decode_crops, labels_of, read_crops
 from serving.errors import InvalidInputError
+from serving.metrics import equal_error_rate, score_metrics
 
 __all__ = ["IMAGE_SUFFIXES", "LabelledCrop", "equal_error_rate", "evaluate_crops", "format_table", "load_crops",
            "read_crops", "score_metrics"]
@@ -32,39 +33,6 @@ def load_crops(crops: list[LabelledCrop], settings: ServingSettings | None = Non
     """[N, 256, 256, 3] uint8 faces of `crops`, from the decode cache for large sets."""
     cache = (settings or get_settings()).models_dir / "cache" if len(crops) >= CACHE_FROM else None
     return decode_crops(crops, cache)
-
-
-def equal_error_rate(labels: np.ndarray, scores: np.ndarray) -> tuple[float, float]:
-    """(EER, the threshold where false positive and false negative rates meet)."""
-    from sklearn.metrics import roc_curve
-
-    fpr, tpr, thresholds = roc_curve(labels, scores)
-    fnr = 1 - tpr
-    i = int(np.nanargmin(np.abs(fnr - fpr)))
-    return float((fpr[i] + fnr[i]) / 2), float(min(thresholds[i], 1.0))
-
-
-def score_metrics(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    both = len(set(labels.tolist())) == 2
-    eer, eer_threshold = equal_error_rate(labels, scores) if both else (float("nan"), float("nan"))
-    predicted = scores >= threshold
-    return {
-        "roc_auc": float(roc_auc_score(labels, scores)) if both else float("nan"),
-        "eer": eer,
-        "eer_threshold": eer_threshold,
-        "accuracy": float(np.mean(predicted == labels.astype(bool))),
-        "threshold": threshold,
-        "n": len(labels),
-        "n_fake": int(labels.sum()),
-        "confusion": {
-            "true_fake": int(np.sum(predicted & (labels == 1))),
-            "false_fake": int(np.sum(predicted & (labels == 0))),
-            "true_real": int(np.sum(~predicted & (labels == 0))),
-            "false_real": int(np.sum(~predicted & (labels == 1))),
-        },
-    }
 
 
 def select_crops(data_dir: Path, split: str | None, model_names: list[str],

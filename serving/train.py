@@ -43,6 +43,7 @@ from serving.dataset import (
 )
 from serving.errors import InvalidInputError
 from serving.mesonet import ARCHS, Arch
+from serving.metrics import threshold_metrics
 from serving.registry import DEFAULT_CROP_MARGIN
 
 AUGMENT_IMPLEMENTATION = 2
@@ -530,16 +531,6 @@ def predict_faces(model, faces: np.ndarray, index: np.ndarray, batch_size: int =
     return np.asarray(model.predict(eval_dataset(faces, index, None, batch_size), verbose=0), np.float32).reshape(-1)
 
 
-def threshold_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
-    """Validation metrics with the threshold chosen at the equal error rate."""
-    from serving.evaluate import equal_error_rate, score_metrics
-
-    if len(set(labels.tolist())) < 2:
-        raise InvalidInputError("the validation split needs both REAL and FAKE crops to choose a threshold")
-    _, threshold = equal_error_rate(labels, scores)
-    return score_metrics(labels, scores, threshold)
-
-
 def _versions() -> dict:
     import keras
     import tensorflow as tf
@@ -649,7 +640,7 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
             {"margin": specs[0].crop_margin,
              "note": "members differ: the scanner cuts each member's faces with that member's own margin",
              "members": {spec.name: spec.crop_margin for spec in specs}})
-    from serving.evaluate import score_metrics
+    from serving.metrics import score_metrics
 
     member_metrics = {spec.name: score_metrics(labels, s, spec.threshold)
                       for spec, s in zip(specs, member_scores, strict=True)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -14,9 +15,9 @@ from scanner.video import PacketIndex, choose_frames, decode_ranges, index_packe
 from tests.conftest import VIDEOS_DIR, require_shared
 
 
-def full_decode(path) -> dict[int, np.ndarray]:
+def full_decode(path, stream: int = 0) -> dict[int, np.ndarray]:
     with av.open(str(path)) as container:
-        return {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(video=0)}
+        return {f.pts: f.to_ndarray(format="rgb24") for f in container.decode(video=stream)}
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +109,56 @@ def test_not_a_video_and_corrupt_video(tmp_path):
     truncated.write_bytes(data[: len(data) // 3])
     with pytest.raises(CorruptVideoError, match="starts like mp4"):
         list(sample_frames(truncated, 32))
+
+
+def _udta_first(mp4: Path) -> None:
+    """Move the `udta` box (where the mp4 muxer keeps cover art) to the front of `moov`, so that demuxers read the
+    cover art first and make it stream 0. The media data comes before `moov`: no chunk offset moves."""
+    def boxes(data: bytes, start: int, end: int):
+        while start < end:
+            size = int.from_bytes(data[start:start + 4], "big")
+            yield data[start + 4:start + 8], data[start:start + size]
+            start += size
+
+    data = mp4.read_bytes()
+    top = list(boxes(data, 0, len(data)))
+    assert [kind for kind, _ in top].index(b"mdat") < [kind for kind, _ in top].index(b"moov")
+    out = b""
+    for kind, box in top:
+        if kind == b"moov":
+            children = sorted(boxes(box, 8, len(box)), key=lambda child: child[0] != b"udta")
+            box = box[:8] + b"".join(child for _, child in children)
+        out += box
+    mp4.write_bytes(out)
+
+
+@pytest.fixture(scope="module")
+def cover_art_first(tmp_path_factory) -> Path:
+    """A shared clip with a PNG cover (an attached picture) as its first video stream."""
+    out = tmp_path_factory.mktemp("cover")
+    cover, video = out / "cover.png", out / "cover_first.mp4"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1",
+                    str(cover)], check=True)
+    clip = require_shared(VIDEOS_DIR / "ffpp_004.mp4")
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(cover), "-i", str(clip), "-map", "0", "-map", "1:v",
+                    "-t", "3", "-c", "copy", "-disposition:v:0", "attached_pic", str(video)], check=True)
+    _udta_first(video)
+    with av.open(str(video)) as container:
+        first = container.streams.video[0]
+        assert first.codec_context.name == "png" and first.disposition & av.stream.Disposition.attached_pic
+    return video
+
+
+def test_cover_art_first_is_skipped_by_probe_index_and_decode(cover_art_first):
+    """Probing, indexing and decoding all read the clip's video, never the cover art in front of it."""
+    from scanner.probe import probe_video
+
+    info = probe_video(cover_art_first)
+    assert info.codec == "h264" and (info.width, info.height) != (64, 64)
+    assert index_packets(cover_art_first) == info.index
+    frames = list(sample_frames(cover_art_first, 8, index=info.index))
+    reference = full_decode(cover_art_first, stream=1)
+    assert len(frames) == 8
+    for frame in frames:
+        pts = info.index.frame_pts[frame.index]
+        np.testing.assert_array_equal(frame.image, reference[pts])
