@@ -29,7 +29,6 @@ ModelName = Literal["full", "short"]
 
 # Keypoint order of the models' regressors (the person's right/left, as MediaPipe names them).
 RIGHT_EYE, LEFT_EYE, NOSE_TIP, MOUTH_CENTER, RIGHT_EAR_TRAGION, LEFT_EAR_TRAGION = range(6)
-KEYPOINT_NAMES = ("right_eye", "left_eye", "nose_tip", "mouth_center", "right_ear_tragion", "left_ear_tragion")
 
 NUM_COORDS = 16  # box (x_centre, y_centre, w, h) + 6 keypoints (x, y): `reverse_output_order: true` means XYWH
 SCORE_CLIPPING_THRESH = 100.0

@@ -222,13 +222,3 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
         raise CorruptVideoError(f"the video cannot be decoded ({exc.strerror or exc})") from None
     finally:
         container.close()
-
-
-def decode_all(path: str | Path) -> int:
-    """Decode every frame of `path` sequentially (the cost sampling saves), returning the frame count."""
-    container, stream = _open(Path(path))
-    try:
-        stream.thread_type = "AUTO"
-        return sum(1 for _ in container.decode(stream))
-    finally:
-        container.close()

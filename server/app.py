@@ -47,7 +47,6 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     app.config.update(
         MESOSCAN=settings,
         MAX_CONTENT_LENGTH=settings.max_body_bytes,
-        JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]

@@ -6,7 +6,6 @@ import atexit
 import json
 import os
 import shutil
-import sys
 import tempfile
 
 import click
@@ -225,14 +224,7 @@ def db_current() -> None:
     click.echo(f"current: {current_revision(settings.database_url)}  head: {head_revision()}")
 
 
-@click.group()
-def main() -> None:
-    """The gateway side's commands, also runnable as `python -m server.cli`."""
+if __name__ == "__main__":  # `python -m server.cli serve ...` is `mesoscan serve ...`
+    from serving.cli import main
 
-
-for _command in (serve, worker, keys, db):
-    main.add_command(_command)
-
-
-if __name__ == "__main__":
-    main(prog_name="mesoscan", args=sys.argv[1:])
+    main()

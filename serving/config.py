@@ -45,9 +45,9 @@ class ServingSettings(BaseSettings):
     jpeg_quality: int = Field(default=95, ge=50, le=100)
     """Quality of the JPEG crops the REST backend sends."""
     rest_image_format: Literal["jpeg", "png"] = "jpeg"
-    """How the REST backend encodes faces for the `jpeg` signature (which decodes both): JPEG is about 12 KB a face
+    """How the REST backend encodes faces for the `jpeg` signature (which decodes both): JPEG is about 15 KB a face
     but moves scores slightly (measured: up to 0.08 on the shared test crops, mean 0.01); PNG is lossless, so
-    REST scores equal gRPC's, at about 10× the payload."""
+    REST scores equal gRPC's, at about 4× the payload."""
 
 
 def get_settings() -> ServingSettings:

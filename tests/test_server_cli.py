@@ -12,10 +12,10 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from server.cli import main
 from server.db import session_scope
 from server.keys import hash_key
 from server.models import ApiKey
+from serving.cli import cli
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def sqlite_env(tmp_path, monkeypatch) -> str:
 
 
 def run(*args: str):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
 def test_keys_create_list_revoke(sqlite_env):
@@ -50,9 +50,9 @@ def test_keys_create_list_revoke(sqlite_env):
 
 
 def test_keys_errors_are_clear(sqlite_env):
-    bad = CliRunner().invoke(main, ["keys", "create", "x", "--rate-limit", "lots"])
+    bad = CliRunner().invoke(cli, ["keys", "create", "x", "--rate-limit", "lots"])
     assert bad.exit_code != 0 and "not like '120/minute'" in bad.output
-    missing = CliRunner().invoke(main, ["keys", "revoke", "999"])
+    missing = CliRunner().invoke(cli, ["keys", "revoke", "999"])
     assert missing.exit_code != 0 and "no API key with id 999" in missing.output
 
 
@@ -65,14 +65,14 @@ def test_db_upgrade_and_current(sqlite_env):
 
 def test_bad_configuration_is_reported(sqlite_env, monkeypatch):
     monkeypatch.setenv("MESOSCAN_VISIBILITY_TIMEOUT_S", "10")
-    result = CliRunner().invoke(main, ["keys", "list"])
+    result = CliRunner().invoke(cli, ["keys", "list"])
     assert result.exit_code != 0 and "MESOSCAN_VISIBILITY_TIMEOUT_S must exceed" in result.output
 
 
 @pytest.mark.parametrize("args", [["serve", "--dev", "--host", "0.0.0.0"], ["serve", "--host", "192.0.2.1"]])
 def test_open_mode_only_on_loopback(sqlite_env, monkeypatch, args):
     monkeypatch.setenv("MESOSCAN_OPEN_MODE", "1")
-    result = CliRunner().invoke(main, args)
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code != 0 and "only listens on loopback" in result.output
 
 

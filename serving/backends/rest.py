@@ -1,4 +1,4 @@
-"""TF Serving over REST: the `jpeg` signature, faces sent as base64 JPEG (a 256×256 face is ~30 KB, not 197 KB).
+"""TF Serving over REST: the `jpeg` signature, faces sent as base64 JPEG (a 256×256 face is ~15 KB, not 197 KB).
 
 `POST /v1/models/<name>/versions/<version>:predict` with `{"signature_name": "jpeg", "instances": [{"b64": ...}]}`.
 Connection errors and 503 answers are retried with backoff (urllib3's `Retry`); each request has a timeout.
