@@ -69,13 +69,21 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
+def _available_mb() -> int:
+    """Memory the kernel can give without swapping (MemAvailable: free memory plus reclaimable caches)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return WORKER_MEMORY_MB * _cores()
+
+
 def default_concurrency() -> int:
     """One worker per core, no more than the available memory holds, at least one."""
-    try:
-        available_mb = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // (1 << 20)
-    except (ValueError, OSError, AttributeError):
-        available_mb = WORKER_MEMORY_MB * _cores()
-    return max(1, min(_cores(), available_mb // WORKER_MEMORY_MB))
+    return max(1, min(_cores(), _available_mb() // WORKER_MEMORY_MB))
 
 
 # --- the journal -------------------------------------------------------------------------------------------------
