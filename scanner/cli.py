@@ -114,8 +114,11 @@ def scan(target: str, model_name: str | None, frames: int | None, keyframes: boo
 @click.option("--keyframes", is_flag=True, default=None, help="Key frames only.")
 @click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
               help="png keeps the crops exactly as scans score them.")
+@click.option("--model", "model_name", default=None,
+              help="Cut faces with this model's crop geometry (default: the default model's), so the crops can "
+                   "train together with that model's training crops.")
 def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes: bool | None,
-                  image_format: str) -> None:
+                  image_format: str, model_name: str | None) -> None:
     """Build a training set from labelled videos (labels.csv, or real/ and fake/) with the scan's own face crops."""
     from tqdm import tqdm
 
@@ -125,7 +128,7 @@ def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes:
     from scanner.videoset import read_videos
 
     overrides = {k: v for k, v in {"frames": frames, "keyframes": keyframes}.items() if v is not None}
-    scanner = Scanner(ScannerSettings(**overrides))
+    scanner = Scanner(ScannerSettings(**overrides), model=model_name)
     total = len(read_videos(video_dir))
     with tqdm(total=total, unit="video", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         def done(found) -> None:
@@ -172,3 +175,27 @@ def evaluate(ctx: click.Context, data_dir: Path, split: str | None, model_names:
     click.echo(format_video_table(metrics, rows))
     if out_dir:
         click.echo(f"report: {out_dir}")
+
+
+def _with_crop_measurement(command: click.Command) -> click.Command:
+    """`command` (serving's `train` or `calibrate`) with the scanner's crop-geometry measurement handed in."""
+
+    def callback(**kwargs):
+        from scanner.geometry import measure_crop_margin
+        from serving.cli import MEASURE_CROP
+
+        click.get_current_context().meta[MEASURE_CROP] = measure_crop_margin
+        return command.callback(**kwargs)
+
+    return click.Command(command.name, params=command.params, callback=callback, help=command.help,
+                         short_help=command.short_help)
+
+
+def _serving_command(name: str) -> click.Command:
+    from serving import cli
+
+    return _with_crop_measurement(getattr(cli, name))
+
+
+train = _serving_command("train")
+calibrate = _serving_command("calibrate")

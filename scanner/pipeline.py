@@ -33,6 +33,10 @@ Reuse = Callable[[dict], "dict | None"]
 _DONE = object()
 
 
+DEFAULT_UNCERTAIN_BAND = 0.1
+"""For models that record no band of their own (the authors' 2018 models)."""
+
+
 def _no_progress(stage: str, fraction: float) -> None:
     pass
 
@@ -47,6 +51,7 @@ class Scanner:
         self._serving_settings = serving_settings
         self._predictor = predictor
         self._detector = None
+        self._members = None
         self._lock = threading.Lock()
 
     @property
@@ -73,6 +78,47 @@ class Scanner:
                                               model_dir=self.settings.blazeface_dir)
             return self._detector
 
+    @property
+    def margins(self) -> tuple[float, ...]:
+        """The crop margins this scan cuts faces with: the model's own (an override when `crop_margin` is set), or
+        one per distinct margin of an ensemble's members."""
+        if self.settings.crop_margin is not None:
+            return (self.settings.crop_margin,)
+        return tuple(dict.fromkeys((self.predictor.spec.crop_margin, *self._member_margins().values())))
+
+    def _member_margins(self) -> dict[str, float]:
+        from serving.registry import ensemble_members
+
+        spec = self.predictor.spec
+        if not spec.is_ensemble or self.settings.crop_margin is not None:
+            return {}
+        members = ensemble_members(spec, self._serving_settings)
+        margins = {m.name: m.crop_margin for m in members}
+        return margins if len(set(margins.values())) > 1 else {}
+
+    def score(self, crops: list[np.ndarray]) -> np.ndarray:
+        """Fake probabilities of faces given as one stacked batch per margin of `margins`."""
+        mixed = self._member_margins()
+        if not mixed:
+            return self.predictor.predict(crops[0])
+        from serving.calibration import calibrate
+        from serving.predictor import get_predictor
+
+        settings = self.predictor.settings  # the property takes the lock itself
+        with self._lock:
+            if self._members is None:
+                self._members = {name: get_predictor(name, settings) for name in mixed}
+        position = {m: i for i, m in enumerate(self.margins)}
+        scores = [self._members[name].predict(crops[position[m]]) for name, m in mixed.items()]
+        return calibrate(np.mean(scores, axis=0), self.predictor.spec.calibration)
+
+    def band(self) -> float:
+        """The `uncertain` band: the setting when given, else the model's own, else the default."""
+        if self.settings.uncertain_band is not None:
+            return self.settings.uncertain_band
+        spec_band = self.predictor.spec.uncertain_band
+        return DEFAULT_UNCERTAIN_BAND if spec_band is None else spec_band
+
     def model_info(self) -> dict:
         spec = self.predictor.spec
         return {"name": spec.name, "version": spec.version, "backend": self.predictor.backend}
@@ -80,6 +126,8 @@ class Scanner:
     def close(self) -> None:
         if self._predictor is not None:
             self._predictor.close()
+        for member in (self._members or {}).values():
+            member.close()
 
     # --- entry points -------------------------------------------------------------------------------------
 
@@ -131,10 +179,13 @@ class Scanner:
                                    retryable=exc.retryable, timings_ms=timings)
         return document
 
-    def faces(self, path: Path, index, progress: Progress | None = None) -> FaceStream:
+    def faces(self, path: Path, index, progress: Progress | None = None,
+              margins: tuple[float, ...] | None = None) -> FaceStream:
         """The faces of `path`'s sampled frames, frame by frame (`with scanner.faces(...) as stream: for faces in
-        stream: ...`), cropped exactly as scans score them; `index` is the video's packet index."""
-        return FaceStream(path, index, self.settings, self.detector, progress or _no_progress)
+        stream: ...`), cropped exactly as scans score them (or with `margins`); `index` is the video's packet
+        index."""
+        return FaceStream(path, index, self.settings, self.detector, progress or _no_progress,
+                          margins or self.margins)
 
     def _analyze(self, path: Path, index, source: dict, model: dict, timings: dict[str, float],
                  progress: Progress, started: float) -> dict[str, Any]:
@@ -144,24 +195,24 @@ class Scanner:
         spec = self.predictor.spec
         batch_size = self.predictor.settings.batch_size
         faces: list[ScoredFace] = []
-        pending: list[tuple[ScoredFace, np.ndarray]] = []
+        pending: list[tuple[ScoredFace, tuple[np.ndarray, ...]]] = []
         keep: list[tuple[float, int, np.ndarray]] = []  # min-heap of the most suspicious crops
         classify_ms = 0.0
 
-        def classify(batch: list[tuple[ScoredFace, np.ndarray]]) -> None:
+        def classify(batch: list[tuple[ScoredFace, tuple[np.ndarray, ...]]]) -> None:
             nonlocal classify_ms
             t0 = time.perf_counter()
             try:
-                scores = self.predictor.predict(np.stack([crop for _, crop in batch]))
+                scores = self.score([np.stack([crops[i] for _, crops in batch]) for i in range(len(batch[0][1]))])
             except InvalidInputError:
                 raise
             except ServingError as exc:
                 raise ModelUnavailableError(str(exc)) from None
             classify_ms += (time.perf_counter() - t0) * 1000
-            for (face, crop), score in zip(batch, scores, strict=True):
+            for (face, crops), score in zip(batch, scores, strict=True):
                 face.fake_probability = float(score)
                 faces.append(face)
-                entry = (face.fake_probability, id(face), crop)
+                entry = (face.fake_probability, id(face), crops[0])
                 if len(keep) < s.top_faces:
                     heapq.heappush(keep, entry)
                 elif s.top_faces and entry[0] > keep[0][0]:
@@ -183,7 +234,7 @@ class Scanner:
             face.image = kept_images.get(id(face))
         timings.update(decode=stream.decode_ms, detect=stream.detect_ms, classify=classify_ms,
                        total=(time.perf_counter() - started) * 1000)
-        return build_document(source=source, model=model, threshold=spec.threshold, band=s.uncertain_band,
+        return build_document(source=source, model=model, threshold=spec.threshold, band=self.band(),
                               faces=faces, frame_times=stream.frame_times, faces_skipped=stream.skipped,
                               keyframes=s.keyframes, top=s.top_faces, timings_ms=timings)
 
@@ -191,15 +242,17 @@ class Scanner:
 class FaceStream(AbstractContextManager):
     """Sampled frames → faces found (BlazeFace), too-small ones skipped, people tracked, faces cropped for the model.
 
-    Iterating yields, for each sampled frame, its list of (ScoredFace without a score, 256×256 crop). Decoding runs
-    ahead in a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done.
+    Iterating yields, for each sampled frame, its list of (ScoredFace without a score, crops): one 256×256 crop per
+    margin of `margins` (a multiple of the detected box side; the first is the model's own). Decoding runs ahead in
+    a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done.
     """
 
-    def __init__(self, path: Path, index, settings: ScannerSettings, detector, progress: Progress):
+    def __init__(self, path: Path, index, settings: ScannerSettings, detector, progress: Progress,
+                 margins: tuple[float, ...]):
         from scanner.tracking import FaceTracker
         from scanner.video import choose_frames
 
-        self.settings, self.detector, self.progress = settings, detector, progress
+        self.settings, self.detector, self.progress, self.margins = settings, detector, progress, margins
         self.expected = len(choose_frames(index, settings.frames, settings.keyframes))
         self.tracker = FaceTracker()
         self.frame_times: list[float] = []
@@ -219,7 +272,7 @@ class FaceStream(AbstractContextManager):
     def __exit__(self, *exc) -> None:
         self._frames.__exit__(*exc)
 
-    def __iter__(self) -> Iterator[list[tuple[ScoredFace, np.ndarray]]]:
+    def __iter__(self) -> Iterator[list[tuple[ScoredFace, tuple[np.ndarray, ...]]]]:
         from scanner.faces import crop_face, select_faces
 
         s = self.settings
@@ -230,8 +283,9 @@ class FaceStream(AbstractContextManager):
             people = self.tracker.assign(frame.t, detections)
             found = []
             for detection, person in zip(detections, people, strict=True):
-                crop = crop_face(frame.image, detection, s.crop_margin)
-                found.append((ScoredFace(frame.t, frame.index, person, crop.box, float("nan")), crop.image))
+                crops = [crop_face(frame.image, detection, margin) for margin in self.margins]
+                found.append((ScoredFace(frame.t, frame.index, person, crops[0].box, float("nan")),
+                              tuple(c.image for c in crops)))
             self.detect_ms += (time.perf_counter() - t0) * 1000
             self.frame_times.append(frame.t)
             self.progress("analyze", len(self.frame_times) / max(self.expected, 1))

@@ -82,15 +82,16 @@ class VideoFaces:
     error: ScanError | None = None
 
 
-def collect_faces(scanner, video: LabelledCrop) -> VideoFaces:
-    """Run the scan's decoding, detection, tracking and cropping on a local video (no model involved)."""
+def collect_faces(scanner, video: LabelledCrop, margins: tuple[float, ...] | None = None) -> VideoFaces:
+    """Run the scan's decoding, detection, tracking and cropping on a local video (no model involved): each face
+    with one crop per margin (default: the scanner's model's)."""
     from scanner.download import open_local_video
 
     result = VideoFaces(video)
     try:
         with open_local_video(video.path, scanner.settings) as opened:
             result.source = opened.source
-            with scanner.faces(Path(opened.path), opened.info.index) as stream:
+            with scanner.faces(Path(opened.path), opened.info.index, margins=margins) as stream:
                 for found in stream:
                     result.faces += found
             result.frame_times, result.skipped = stream.frame_times, stream.skipped
@@ -106,9 +107,12 @@ def extract_faces(video_dir: Path, out_dir: Path, scanner, image_format: str = "
                   on_video: Callable[[VideoFaces], None] | None = None) -> Path:
     """Write every face a scan would score, as a training set: `out_dir/faces/*.<format>` + `out_dir/labels.csv`.
 
-    The crops are the model's input exactly (256×256 RGB, the scan's margin, rotation and resize); PNG keeps them
-    lossless. `labels.csv` has `filename,label,cluster,source_video,t,person[,split]`.
+    The crops are the model's input exactly (256×256 RGB, the crop geometry of the scanner's model, rotation and
+    resize); PNG keeps them lossless. `labels.csv` has `filename,label,cluster,source_video,t,person[,split]`;
+    `geometry.json` records the model and margin the crops were cut with.
     """
+    import json
+
     from PIL import Image
 
     videos = read_videos(video_dir)
@@ -120,12 +124,17 @@ def extract_faces(video_dir: Path, out_dir: Path, scanner, image_format: str = "
         found = collect_faces(scanner, video)
         if on_video:
             on_video(found)
-        for face, crop in found.faces:
+        for face, (crop, *_) in found.faces:
             name = f"{video.path.stem}_t{face.t:08.3f}_p{face.person}.{image_format}"
             Image.fromarray(crop).save(faces_dir / name, **({"quality": 95} if image_format == "jpg" else {}))
             row = {"filename": f"faces/{name}", "label": "FAKE" if video.fake else "REAL", "cluster": video.cluster,
                    "source_video": video.path.name, "t": f"{face.t:.3f}", "person": face.person}
             rows.append(row | ({"split": video.split or ""} if with_split else {}))
+    spec = scanner.predictor.spec
+    (Path(out_dir) / "geometry.json").write_text(json.dumps(
+        {"model": spec.name, "version": spec.version, "crop_margin": scanner.margins[0],
+         "note": "crop side = crop_margin × the longer side of BlazeFace's face box, rotated upright on the eyes"},
+        indent=2) + "\n")
     labels = Path(out_dir) / "labels.csv"
     fields = ["filename", "label", "cluster", "source_video", "t", "person"] + (["split"] if with_split else [])
     with labels.open("w", newline="") as f:
@@ -151,34 +160,35 @@ def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSe
     from scanner.pipeline import Scanner
     from scanner.verdict import build_document
     from serving.evaluate import score_metrics, write_report
-    from serving.predictor import get_predictor
 
     settings = settings or ScannerSettings()
     videos, rows = read_videos(video_dir), []
     with ExitStack() as stack:
-        scanner = stack.enter_context(closing(Scanner(settings)))
-        predictors = {name: stack.enter_context(get_predictor(name)) for name in model_names}
+        scanners = {name: stack.enter_context(closing(Scanner(settings, model=name))) for name in model_names}
+        margins = tuple(dict.fromkeys(m for sc in scanners.values() for m in sc.margins))
+        first = next(iter(scanners.values()))
         for video in videos:
-            found = collect_faces(scanner, video)
+            found = collect_faces(first, video, margins)
             if on_video:
                 on_video(found)
             row = {"video": video.path.name, "label": "FAKE" if video.fake else "REAL", "faces": len(found.faces),
                    "error": found.error.code if found.error else None}
             faces = [face for face, _ in found.faces]
-            crops = np.stack([crop for _, crop in found.faces]) if faces else None
-            for name, predictor in predictors.items():
-                if crops is None:
+            for name, sc in scanners.items():
+                if not faces:
                     row[name] = {"fake_probability": None, "label": "failed" if found.error else "no_face"}
                     continue
-                for face, score in zip(faces, predictor.predict(crops), strict=True):
+                batches = [np.stack([crops[margins.index(m)] for _, crops in found.faces]) for m in sc.margins]
+                for face, score in zip(faces, sc.score(batches), strict=True):
                     face.fake_probability = float(score)
-                verdict = build_document(source=found.source, model={"name": name, "version": predictor.spec.version},
-                                         threshold=predictor.spec.threshold, band=settings.uncertain_band,
+                spec = sc.predictor.spec
+                verdict = build_document(source=found.source, model={"name": name, "version": spec.version},
+                                         threshold=spec.threshold, band=sc.band(),
                                          faces=faces, frame_times=found.frame_times, faces_skipped=found.skipped,
                                          keyframes=settings.keyframes, top=0, timings_ms={})["verdict"]
                 row[name] = {"fake_probability": verdict["fake_probability"], "label": verdict["label"]}
             rows.append(row)
-        thresholds = {name: predictor.spec.threshold for name, predictor in predictors.items()}
+        thresholds = {name: sc.predictor.spec.threshold for name, sc in scanners.items()}
 
     judged = [i for i, r in enumerate(rows) if r["faces"]]
     labels = np.array([videos[i].fake for i in judged])

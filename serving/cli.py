@@ -283,6 +283,8 @@ def _range(kind: type):
 @click.option("--mixed-precision", is_flag=True, help="Compute in bfloat16 (weights stay float32).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
 @click.option("--limit", type=int, default=None, help="Use at most this many crops (whole clusters): quick trials.")
+@click.option("--rows", default=None, callback=_range(int),
+              help="Only these data rows of labels.csv, FIRST-LAST (1-based), e.g. 1-16000.")
 @click.option("--description", default="", help="One line for the model card.")
 @click.option("--data-description", default=None,
               help="What the crops are, for the card (default: the DFDC crops MesoScan develops with).")
@@ -294,12 +296,13 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
           rotation: float, zoom: float, brightness: float, hue: float, blur_prob: float,
           blur_sigma: tuple[float, float], jpeg_prob: float, jpeg_quality: tuple[int, int], downscale_prob: float,
           downscale_factor: tuple[float, float], no_augment: bool,
-          mixed_precision: bool, steps_per_epoch: int | None, limit: int | None, description: str,
-          data_description: str | None, licence: str | None) -> None:
+          mixed_precision: bool, steps_per_epoch: int | None, limit: int | None,
+          rows: tuple[int, int] | None, description: str, data_description: str | None,
+          licence: str | None) -> None:
     """Train MesoNet on labelled face crops (validation split by cluster) and register the model as NAME.
 
     Writes NAME.weights.h5, NAME.json (recipe, data, validation metrics, threshold at the equal error rate) and
-    NAME.md (model card). Re-running an interrupted command resumes it.
+    NAME.md (model card). Re-running an interrupted command resumes it from its last finished epoch.
     """
     import shlex
 
@@ -307,13 +310,15 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
 
     settings = get_settings()
     invocation = shlex.join(sys.argv)
+    measure_crop = click.get_current_context().meta.get(MEASURE_CROP)
     if members:
         if arch:
             raise click.UsageError("--ensemble combines trained models: leave out --arch")
         from serving.train import register_ensemble
 
         result = register_ensemble(name, [m.strip() for m in members.split(",") if m.strip()], data_dir, out_dir,
-                                   settings, description=description, progress=True, invocation=invocation)
+                                   settings, description=description, progress=True, invocation=invocation,
+                                   rows=rows)
     else:
         if not arch:
             raise click.UsageError("--arch is required (or --ensemble MODELS)")
@@ -330,11 +335,45 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
             learning_rate=learning_rate, schedule=schedule, step_every=step_every,
             min_learning_rate=min_learning_rate, warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed,
             patience=patience, class_weight=class_weight, augment=augment, mixed_precision=mixed_precision,
-            steps_per_epoch=steps_per_epoch, limit=limit, description=description,
+            steps_per_epoch=steps_per_epoch, limit=limit, rows=rows, description=description,
             **{k: v for k, v in {"data_description": data_description, "licence": licence}.items() if v})
-        result = run_training(config, out_dir, settings, progress=True, invocation=invocation)
+        result = run_training(config, out_dir, settings, progress=True, invocation=invocation,
+                              measure_crop=measure_crop)
+    _report_registered(result)
+
+
+MEASURE_CROP = "mesoscan.measure_crop"
+"""`click` context key: the scanner's crop-geometry measurement, set by the scanner's wrappers of these commands."""
+
+
+@click.command()
+@click.argument("name")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
+              help="The crops the model was trained on (its recorded validation split is re-derived and checked).")
+@click.option("--rows", default=None, callback=_range(int),
+              help="For a model trained before rows were recorded: the labels.csv rows it used, e.g. 1-16000.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).")
+def calibrate(name: str, data_dir: Path, rows: tuple[int, int] | None, out_dir: Path | None) -> None:
+    """Fit NAME's calibration, threshold and `uncertain` band on its validation split (same weights) and record
+    its training crops' geometry; registers the next version of NAME."""
+    import shlex
+
+    from serving.config import get_settings
+    from serving.train import recalibrate
+
+    result = recalibrate(name, data_dir, out_dir, get_settings(), rows=rows,
+                         measure_crop=click.get_current_context().meta.get(MEASURE_CROP), progress=True,
+                         invocation=shlex.join(sys.argv))
+    _report_registered(result)
+
+
+def _report_registered(result) -> None:
     meta, val = result.metadata, result.metadata["metrics"]["validation"]
     click.echo(f"registered {meta['name']} v{meta['version']}: {result.metadata_path}")
     click.echo(f"validation ({val['n']} crops): ROC AUC {val['roc_auc']:.4f}, EER {val['eer']:.4f}, "
                f"accuracy {val['accuracy']:.4f} at threshold {meta['threshold']:.4f}"
                + (f" (best epoch {val['best_epoch']})" if "best_epoch" in val else ""))
+    if "band" in meta:
+        click.echo(f"uncertain band ±{meta['band']['band']:.4f} (target met: {meta['band']['target_met']}); "
+                   f"crop margin {meta.get('crop', {}).get('margin')}")

@@ -26,6 +26,8 @@ class LabelledCrop:
     cluster: str
     """Crops of one cluster (the same face: a fake and its real source) always stay on the same side of a split."""
     split: str | None
+    row: int | None = None
+    """1-based data row of `labels.csv` (None for folder layouts)."""
 
 
 def read_crops(data_dir: Path, split: str | None = None, exclude: Sequence[str] = ()) -> list[LabelledCrop]:
@@ -45,7 +47,7 @@ def read_crops(data_dir: Path, split: str | None = None, exclude: Sequence[str] 
             missing = {"filename", "label"} - set(reader.fieldnames or ())
             if missing:
                 raise InvalidInputError(f"{labels}: missing column(s) {', '.join(sorted(missing))}")
-            for row in reader:
+            for number, row in enumerate(reader, start=1):
                 row_split = (row.get("split") or "").strip() or None
                 if (split is not None and row_split != split) or (row_split is not None and row_split in exclude):
                     continue
@@ -56,7 +58,7 @@ def read_crops(data_dir: Path, split: str | None = None, exclude: Sequence[str] 
                 if not path.is_file() and row_split:
                     path = data_dir / row_split / row["filename"]
                 crops.append(LabelledCrop(path, int(label == "FAKE"), (row.get("cluster") or "").strip()
-                                          or row["filename"], row_split))
+                                          or row["filename"], row_split, number))
     else:
         for label in ("real", "fake"):
             folder = data_dir / label

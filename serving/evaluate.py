@@ -109,7 +109,7 @@ def write_report(out_dir: Path, crops: list[LabelledCrop], labels: np.ndarray, s
         writer.writerow(["path", "label", "cluster", *scores])
         for i, crop in enumerate(crops):
             writer.writerow([str(crop.path), "FAKE" if crop.fake else "REAL", crop.cluster,
-                             *(f"{s[i]:.6f}" for s in scores.values())])
+                             *(f"{s[i]:.9g}" for s in scores.values())])  # float32 exactly
 
     fig = Figure(figsize=(6, 6))
     ax = fig.subplots()

@@ -57,6 +57,10 @@ def _data_section(meta: dict) -> list[str]:
             lines.append(f"- {side.capitalize()}: {s['crops']} crops ({s['fake']} fake, {s['real']} real) "
                          f"from {s['clusters']} clusters")
     excluded = ", ".join(split.get("excluded_splits", [])) or "none"
+    if data.get("rows"):
+        lines.append(f"- labels.csv data rows used (1-based, train and validation together): {data['rows']}")
+    elif split.get("rows"):
+        lines.append(f"- labels.csv data rows used (1-based): {split['rows'][0]}-{split['rows'][1]}")
     lines += [
         f"- Rows of split(s) {excluded} in labels.csv were never used for training or validation.",
         "",
@@ -84,6 +88,8 @@ def _recipe(meta: dict) -> list[str]:
            f"hue ±{a.get('hue')}" if a.get("hue") else None,
            (f"Gaussian blur p={a.get('blur_prob')} σ {a['blur_sigma'][0]}–{a['blur_sigma'][1]} px"
             if a.get("blur_prob") else None),
+           (f"downscale then upscale p={a.get('downscale_prob')} to "
+            f"{a['downscale_factor'][0]}–{a['downscale_factor'][1]} of the side" if a.get("downscale_prob") else None),
            (f"JPEG re-compression p={a.get('jpeg_prob')} quality {a['jpeg_quality'][0]}–{a['jpeg_quality'][1]}"
             if a.get("jpeg_prob") else None)]
     schedule = {
@@ -108,6 +114,43 @@ def _recipe(meta: dict) -> list[str]:
         f"- Trained {training.get('started')} – {training.get('finished')}",
         "",
     ]
+
+
+def _verdict_section(meta: dict) -> list[str]:
+    """Crop geometry, calibration and the `uncertain` band: how the scanner turns this model's output into labels."""
+    lines = []
+    crop = meta.get("crop")
+    if crop:
+        spread = f" (10th percentile {crop['p10']}, 90th {crop['p90']})" if "p10" in crop else ""
+        lines += ["## Crop geometry", "",
+                  f"Faces are cut as squares of side **{crop['margin']}×** the longer side of BlazeFace's face box"
+                  f"{spread}, rotated upright on the eyes, then resized to 256×256. {crop.get('note', '')}", ""]
+        for name, margin in crop.get("members", {}).items():
+            lines.append(f"- member {name}: margin {margin}")
+        lines += [""] if crop.get("members") else []
+    cal = meta.get("calibration")
+    if cal:
+        lines += ["## Calibration", "",
+                  f"Platt scaling fitted on the {cal.get('fitted_on', 'validation split')} ({cal.get('n')} crops): "
+                  f"P(fake) = sigmoid({cal['a']:.4f} · logit(p) + {cal['b']:.4f}), applied inside the model (every "
+                  f"backend and the exported SavedModel return the calibrated score; the threshold is on that "
+                  f"scale). Log loss {_fmt(cal.get('log_loss_before'))} → {_fmt(cal.get('log_loss_after'))}, "
+                  f"expected calibration error {_fmt(cal.get('ece_before'))} → {_fmt(cal.get('ece_after'))}. "
+                  "Calibration is monotone: ROC AUC and the ranking of faces are unchanged.", ""]
+    band = meta.get("band")
+    if band:
+        out = band["validation"]
+
+        def share(side: dict) -> str:
+            return "—" if side["precision"] is None else f"{side['precision']:.1%} of {side['n']}"
+
+        lines += ["## Uncertain band", "",
+                  f"±{band['band']} around the threshold. Rule: {band['rule']}. Target "
+                  f"{band['target']:.0%} {'met' if band['target_met'] else '**not met**'}. On the validation crops:",
+                  "", "| label | right |", "|---|---|",
+                  f"| fake | {share(out['fake'])} |", f"| real | {share(out['real'])} |",
+                  f"| uncertain | {out['uncertain']['n']} crops ({out['uncertain']['share']:.1%}) |", ""]
+    return lines
 
 
 def render_card(meta: dict) -> str:
@@ -138,6 +181,7 @@ def render_card(meta: dict) -> str:
         lines.append("")
     else:
         lines += _recipe(meta)
+    lines += _verdict_section(meta)
     lines += ["## Validation metrics", "", *_metrics_table(val), ""]
     members_val = meta.get("metrics", {}).get("members_validation")
     if members_val:
@@ -151,4 +195,8 @@ def render_card(meta: dict) -> str:
     command = meta.get("training", {}).get("command")
     if command:
         lines += ["## Reproduce", "", "```sh", command, "```", ""]
+    again = meta.get("recalibrated", {}).get("command")
+    if again:
+        lines += [f"Calibration, band and crop geometry of version {meta.get('version')} (same weights as version "
+                  f"{meta['recalibrated'].get('from_version')}):", "", "```sh", again, "```", ""]
     return "\n".join(lines)

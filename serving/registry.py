@@ -30,6 +30,15 @@ WeightsFormat = Literal["keras2_h5", "keras3", "ensemble"]
 
 AUTHORS_URL = "https://github.com/DariusAf/MesoNet/raw/master/weights/{filename}"
 AUTHORS_LICENCE = "Apache-2.0 (weights by the MesoNet authors; see models/mesonet/LICENSE and NOTICE)"
+AUTHORS_CROP_MARGIN = 1.18
+AUTHORS_CROP_NOTE = (
+    "The authors' face extraction (github.com/DariusAf/MesoNet, pipeline.py: FaceFinder.find_coordinates and "
+    "get_aligned_face) cuts a square of side 1.3 × 2.2 × max(eye distance, eye-to-mouth distance) from "
+    "face_recognition landmarks, centred on the nose and rotated upright on the eye-mouth axis, then resizes it to "
+    "256×256. On the shared clips that square is 1.18× the longer side of BlazeFace's face box at the median "
+    "(106 faces; 10th percentile 1.14, 90th 1.31), so MesoScan cuts their models' faces at margin 1.18.")
+DEFAULT_CROP_MARGIN = 1.3
+"""Models registered before crop geometry was recorded."""
 AUTHORS_PROVENANCE = (
     "Afchar, Nozick, Yamagishi, Echizen, 'MesoNet: a Compact Facial Video Forgery Detection Network', "
     "WIFS 2018; weights from github.com/DariusAf/MesoNet (weights/{filename}), trained by the authors on "
@@ -72,6 +81,16 @@ class ModelSpec:
     """An ensemble's member model names (empty for a single model)."""
     member_sha256: tuple[str, ...] = ()
     """The sha256 of each member's weights when the ensemble was made (its threshold is only valid for those)."""
+    crop_margin: float = DEFAULT_CROP_MARGIN
+    """Side of the square face crop as a multiple of the longer side of BlazeFace's face box: the geometry the model
+    was trained on (an ensemble's members keep their own)."""
+    crop_note: str = ""
+    """How `crop_margin` was found."""
+    calibration: dict | None = field(default=None, compare=False)
+    """Platt scaling applied to the network's output (`serving.calibration`); `threshold` is on that scale."""
+    uncertain_band: float | None = None
+    """Scores within this distance of `threshold` are `uncertain` (None: the scanner's default)."""
+    band_rule: dict | None = field(default=None, compare=False)
 
     @property
     def is_ensemble(self) -> bool:
@@ -90,6 +109,8 @@ def _authors(name: str, arch: Arch, filename: str, sha256: str, dataset: str) ->
         provenance=AUTHORS_PROVENANCE.format(filename=filename, dataset=dataset),
         licence=AUTHORS_LICENCE,
         description=f"{arch} with the authors' 2018 {dataset} weights",
+        crop_margin=AUTHORS_CROP_MARGIN,
+        crop_note=AUTHORS_CROP_NOTE,
     )
 
 
@@ -124,7 +145,11 @@ def trained_spec(metadata_path: Path) -> ModelSpec:
         "description": meta.get("description", ""),
         "metrics": meta.get("metrics", {}),
         "card": card if card.exists() else None,
+        "calibration": meta.get("calibration"),
+        "uncertain_band": (meta.get("band") or {}).get("band"),
+        "band_rule": meta.get("band"),
     }
+    crop = meta.get("crop") or {}
     if meta.get("kind") == "ensemble":
         members = tuple(m["name"] for m in meta["members"])
         pins = tuple(m["sha256"] for m in meta["members"])
@@ -132,13 +157,17 @@ def trained_spec(metadata_path: Path) -> ModelSpec:
             arch="ensemble",
             weights=WeightsFile("trained", metadata_path.name, ensemble_digest(members, pins),
                                 packaged_path=metadata_path),
-            weights_format="ensemble", output="p_fake", members=members, member_sha256=pins, **common,
+            weights_format="ensemble", output="p_fake", members=members, member_sha256=pins,
+            crop_margin=float(crop.get("margin", DEFAULT_CROP_MARGIN)), crop_note=crop.get("note", ""), **common,
         )
     weights = metadata_path.with_name(meta["weights"])
     return ModelSpec(
         arch=meta["arch"],
         weights=WeightsFile("trained", weights.name, meta["sha256"], packaged_path=weights),
-        weights_format="keras3", output=meta.get("output", "p_fake"), **common,
+        weights_format="keras3", output=meta.get("output", "p_fake"),
+        crop_margin=float(crop.get("margin", DEFAULT_CROP_MARGIN)),
+        crop_note=crop.get("note", "recorded before crop geometry was measured: the scanner's former default"),
+        **common,
     )
 
 
@@ -223,14 +252,34 @@ def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
     from serving.keras2_weights import load_keras2_weights
 
     if spec.is_ensemble:
-        return _ensemble_model(spec, settings or get_settings())
+        return _calibrated(_ensemble_model(spec, settings or get_settings()), spec)
     path = ensure_weights(spec, settings)
     model = mesonet.build(spec.arch, spec.output)
     if spec.weights_format == "keras2_h5":
         load_keras2_weights(model, path)
     else:
         model.load_weights(path)
-    return model
+    return _calibrated(model, spec)
+
+
+def load_raw_model(spec: ModelSpec, settings: ServingSettings | None = None):
+    """`spec`'s network without its calibration (for fitting a new one)."""
+    from dataclasses import replace
+
+    return load_keras_model(replace(spec, calibration=None), settings)
+
+
+def _calibrated(model, spec: ModelSpec):
+    """`model` with `spec`'s calibration as its last layer (named `fake_probability`, as the raw output was)."""
+    if not spec.calibration:
+        return model
+    import keras
+
+    from serving.calibration import layer
+
+    raw = keras.Model(model.input, model.output, name=f"{model.name}_raw")
+    images = keras.Input(model.input.shape[1:], dtype=model.input.dtype, name="images")
+    return keras.Model(images, layer(spec.calibration)(raw(images)), name=model.name)
 
 
 def _ensemble_model(spec: ModelSpec, settings: ServingSettings):
@@ -243,5 +292,6 @@ def _ensemble_model(spec: ModelSpec, settings: ServingSettings):
     for i, member in enumerate(ensemble_members(spec, settings)):
         model = load_keras_model(member, settings)
         scores.append(keras.Model(model.input, model.output, name=f"member_{i}_{member.name}")(images))
-    mean = keras.layers.Average(name="fake_probability")(scores) if len(scores) > 1 else scores[0]
+    name = "mean" if spec.calibration else "fake_probability"  # the calibration layer takes the name otherwise
+    mean = keras.layers.Average(name=name)(scores) if len(scores) > 1 else scores[0]
     return keras.Model(images, mean, name=f"ensemble_{spec.name}")

@@ -17,7 +17,10 @@ from server import jobs
 from server.db import session_scope
 from server.keys import create_key, hash_key, revoke_key
 from server.models import ApiKey, Batch, Scan
+from serving.registry import get_model
 from tests.conftest import DEFAULT_MODEL
+
+DEFAULT_VERSION = get_model(DEFAULT_MODEL).version
 
 
 def free_port() -> int:
@@ -64,13 +67,14 @@ def finished_scan(pg_url: str, url: str, title: str = "A clip", label: str = "fa
     from scanner.verdict import ScoredFace, build_document, validate
 
     with session_scope(pg_url) as session:
-        scan = jobs.submit(session, url=url, page_url=page_url, model=DEFAULT_MODEL, version=1, api_key_id=None,
-                           cache_ttl_s=0).scan
+        scan = jobs.submit(session, url=url, page_url=page_url, model=DEFAULT_MODEL, version=DEFAULT_VERSION,
+                           api_key_id=None, cache_ttl_s=0).scan
     faces = [ScoredFace(t=t, frame=i, person=0, box=(10, 10, 64, 64), fake_probability=probability,
                         image=np.full((256, 256, 3), 100, "uint8")) for i, t in enumerate((0.5, 1.0))]
     source = {"url": url, "title": title, "duration_s": 2.0, "width": 640, "height": 480, "fps": 25.0,
               "sha256": "ab" * 32}
-    document = build_document(source=source, model={"name": DEFAULT_MODEL, "version": 1, "backend": "embedded"},
+    document = build_document(source=source, model={"name": DEFAULT_MODEL, "version": DEFAULT_VERSION,
+                                                           "backend": "embedded"},
                               threshold=0.5, band=0.1, faces=faces, frame_times=[0.0, 0.5, 1.0, 1.5],
                               faces_skipped=0, keyframes=False, top=2, timings_ms={"total": 1000.0})
     document["verdict"]["label"] = label
@@ -89,7 +93,7 @@ def test_submit_queues_one_task_and_reports_the_scan(client, redis_queue):
     body = r.get_json()
     assert body["status"] == "queued" and body["cached"] is False and body["result"] is None
     assert r.headers["Location"] == body["status_url"] and body["status_url"].endswith(f"/api/v1/scans/{body['id']}")
-    assert body["model"] == {"name": DEFAULT_MODEL, "version": 1}
+    assert body["model"] == {"name": DEFAULT_MODEL, "version": DEFAULT_VERSION}
     assert redis_queue() == 1
     message = json.loads(redis.Redis.from_url(client.application.config["MESOSCAN"].broker_url).lindex(QUEUE, 0))
     assert message["headers"]["task"] == "mesoscan.scan"

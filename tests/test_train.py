@@ -16,12 +16,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from serving.augment import AugmentConfig, Augmenter
+from serving.calibration import calibrate
 from serving.config import ServingSettings
 from serving.dataset import read_crops
 from serving.errors import InvalidInputError, WeightsMismatchError
 from serving.fetch import sha256_of
 from serving.images import load_face
-from serving.registry import get_model, is_installed, list_models, load_keras_model
+from serving.registry import get_model, is_installed, list_models, load_keras_model, load_raw_model
 from serving.train import TrainConfig, learning_rate_schedule, register, register_ensemble, train, validation_crops
 from tests.conftest import CROPS_DIR, require_shared
 
@@ -159,7 +160,9 @@ def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, s
 
     faces = np.stack([load_face(c.path) for c in read_crops(CROPS_DIR, split="test")[:5]])
     with get_predictor("tiny_a", settings) as a, get_predictor("tiny_b", settings) as b:
-        expected = (a.predict(faces) + b.predict(faces)) / 2
+        # the members' calibrated scores, averaged, then the ensemble's own calibration
+        expected = calibrate((a.predict(faces) + b.predict(faces)) / 2, spec.calibration)
+    assert spec.calibration and get_model("tiny_a", settings).calibration
     with get_predictor("tiny_ens", settings) as ensemble:
         np.testing.assert_allclose(ensemble.predict(faces), expected, rtol=1e-5, atol=1e-6)
     if importlib.util.find_spec("serving.export") is not None:  # one SavedModel: TF Serving serves the mean itself
@@ -179,7 +182,7 @@ def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, s
     # a member retrained (other weights under the same name) invalidates the ensemble's threshold
     other = ServingSettings(models_dir=tmp_path)
     shutil.copytree(settings.models_dir / "trained", tmp_path / "trained")
-    model = load_keras_model(get_model("tiny_b", other), other)
+    model = load_raw_model(get_model("tiny_b", other), other)
     model.get_layer("dense_2").bias.assign(model.get_layer("dense_2").bias + 1.0)
     model.save_weights(tmp_path / "retrained.weights.h5")
     b_meta = json.loads((tmp_path / "trained" / "tiny_b.json").read_text())
@@ -257,30 +260,45 @@ def _faces(n=6):
 def test_augmentation_is_reproducible_and_changes_the_faces():
     faces = _faces()
     full = AugmentConfig(blur_prob=0.5, jpeg_prob=0.5)
-    a, b = Augmenter(full, seed=1)(faces).numpy(), Augmenter(full, seed=1)(faces).numpy()
-    c = Augmenter(full, seed=2)(faces).numpy()
+    a, b = Augmenter(full, seed=1)(faces), Augmenter(full, seed=1)(faces)
+    c = Augmenter(full, seed=2)(faces)
     assert a.dtype == np.uint8 and a.shape == faces.shape
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     assert np.abs(a.astype(int) - faces).mean() > 5
-    np.testing.assert_array_equal(Augmenter(AugmentConfig.none(), 0)(faces).numpy(), faces)
+    np.testing.assert_array_equal(Augmenter(AugmentConfig.none(), 0)(faces), faces)
 
 
 def test_flip_only_mirrors_exactly_and_jpeg_or_blur_only_keep_geometry():
     faces = _faces(12)
-    flipped = Augmenter(dataclasses.replace(AugmentConfig.none(), flip=True), seed=4)(faces).numpy()
+    flipped = Augmenter(dataclasses.replace(AugmentConfig.none(), flip=True), seed=4)(faces)
     mirrored = [np.array_equal(f, x[:, ::-1]) for f, x in zip(flipped, faces, strict=True)]
     same = [np.array_equal(f, x) for f, x in zip(flipped, faces, strict=True)]
     assert all(m or s for m, s in zip(mirrored, same, strict=True)) and any(mirrored) and any(same)
 
     blurred = Augmenter(dataclasses.replace(AugmentConfig.none(), blur_prob=1.0, blur_sigma=(1.5, 1.5)), 0)(faces)
     sharpness = lambda x: np.abs(np.diff(x.astype(float), axis=2)).mean()  # noqa: E731
-    assert sharpness(blurred.numpy()) < 0.8 * sharpness(faces)
-    assert np.abs(blurred.numpy().astype(float).mean() - faces.mean()) < 1  # a blur keeps the brightness
+    assert sharpness(blurred) < 0.8 * sharpness(faces)
+    assert np.abs(blurred.astype(float).mean() - faces.mean()) < 1  # a blur keeps the brightness
 
     jpeg = Augmenter(dataclasses.replace(AugmentConfig.none(), jpeg_prob=1.0, jpeg_quality=(10, 10)), 0)(faces)
-    diff = np.abs(jpeg.numpy().astype(int) - faces)
+    diff = np.abs(jpeg.astype(int) - faces)
     assert 1 < diff.mean() < 15
+
+
+def test_downscale_loses_detail_and_batches_draw_from_seed_epoch_and_index_alone():
+    from serving.augment import augment, batch_rng
+
+    faces = _faces(6)
+    down = dataclasses.replace(AugmentConfig.none(), downscale_prob=1.0, downscale_factor=(0.3, 0.3))
+    shrunk = augment(faces, down, batch_rng(0, 0, 0))
+    sharpness = lambda x: np.abs(np.diff(x.astype(float), axis=2)).mean()  # noqa: E731
+    assert shrunk.shape == faces.shape and sharpness(shrunk) < 0.8 * sharpness(faces)
+    full = AugmentConfig(blur_prob=0.5, jpeg_prob=0.5, downscale_prob=0.5)
+    one = augment(faces, full, batch_rng(3, 7, 2))
+    np.testing.assert_array_equal(one, augment(faces, full, batch_rng(3, 7, 2)))
+    for other in (batch_rng(3, 8, 2), batch_rng(3, 7, 3), batch_rng(4, 7, 2)):
+        assert not np.array_equal(one, augment(faces, full, other))
 
 
 def test_augment_settings_out_of_range_are_refused():

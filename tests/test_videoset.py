@@ -74,8 +74,11 @@ def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp
     video = next(v for v in read_videos(small_videos) if v.path.name == rows[0]["source_video"])
     with open_local_video(video.path, scanner.settings) as opened, scanner.faces(opened.path,
                                                                                   opened.info.index) as stream:
-        streamed = [crop for found in stream for _, crop in found]
+        streamed = [crops[0] for found in stream for _, crops in found]
     assert any(np.array_equal(first, crop) for crop in streamed)
+    geometry = json.loads((tmp_path / "set" / "geometry.json").read_text())
+    assert geometry["model"] == scanner.predictor.spec.name
+    assert geometry["crop_margin"] == scanner.predictor.spec.crop_margin == scanner.margins[0]
 
 
 def test_video_level_evaluation_scores_each_video_once_per_model(small_videos, tmp_path):
@@ -109,6 +112,9 @@ def test_cli_evaluate_dispatches_on_what_the_folder_holds(small_videos, tmp_path
     assert "meso4_df" in crops.stdout
     assert "ROC AUC" in crops.stdout
     extracted = subprocess.run([sys.executable, "-m", "serving", "extract-faces", str(small_videos), "--out",
-                                str(tmp_path / "set"), "--frames", "2"], capture_output=True, text=True, timeout=600)
+                                str(tmp_path / "set"), "--frames", "2", "--model", "meso4_df"], capture_output=True,
+                               text=True, timeout=600)
     assert extracted.returncode == 0, extracted.stderr
     assert "faces from 4 videos" in extracted.stdout
+    geometry = json.loads((tmp_path / "set" / "geometry.json").read_text())
+    assert geometry["model"] == "meso4_df" and geometry["crop_margin"] == 1.18, "the chosen model's geometry"

@@ -1,0 +1,110 @@
+"""A training run stopped after any epoch and resumed trains exactly as if it had never stopped."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import keras
+import numpy as np
+import pytest
+
+from serving import checkpoint
+from serving.augment import AugmentConfig
+from serving.config import ServingSettings
+from serving.train import TrainConfig, epoch_order, train
+from tests.conftest import CROPS_DIR, require_shared
+
+TINY = {"arch": "meso4", "epochs": 3, "batch_size": 8, "limit": 48, "val_fraction": 0.25, "seed": 5,
+        "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5, downscale_prob=0.5)}
+
+
+def _weights(path) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _run(tmp_path, tag: str, stops: list[int | None]):
+    settings = ServingSettings(models_dir=tmp_path / tag)
+    config = TrainConfig(data_dir=require_shared(CROPS_DIR), name="resumable", **TINY)
+    run_dir = settings.models_dir / "runs" / f"resumable-{config.run_key()}"
+    result, states = None, []
+    for stop in stops:
+        result = train(config, settings=settings, progress=False, stop_after=stop)
+        keras.backend.clear_session()
+        if result is None:
+            states.append(json.loads(str(np.load(run_dir / "checkpoint.npz")["meta"]))["state"]["epochs_done"])
+    return result, states, settings, run_dir
+
+
+def test_stopping_and_resuming_twice_gives_the_uninterrupted_result(tmp_path):
+    straight, _, s1, _ = _run(tmp_path, "straight", [None])
+    resumed, states, s2, run_dir = _run(tmp_path, "resumed", [1, 1, None])
+    assert states == [1, 2], "each stop leaves the checkpoint of the epochs done"
+    assert not run_dir.exists(), "the run folder goes once the model is registered"
+    a, b = _weights(s1.models_dir / "trained" / "resumable.weights.h5"), _weights(
+        s2.models_dir / "trained" / "resumable.weights.h5")
+    assert a.keys() == b.keys()
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    h1, h2 = (r.metadata["training"]["history"] for r in (straight, resumed))
+    assert [h["loss"] for h in h1] == [h["loss"] for h in h2] and len(h1) == 3
+    assert straight.metadata["metrics"]["validation"] == resumed.metadata["metrics"]["validation"]
+
+
+def test_each_epoch_draws_its_order_from_seed_and_epoch_alone():
+    first = epoch_order(100, 12, 10, seed=3, epoch=4)
+    assert np.array_equal(first, epoch_order(100, 12, 10, seed=3, epoch=4))
+    assert not np.array_equal(first, epoch_order(100, 12, 10, seed=3, epoch=5))
+    assert len(first) == 120 and set(first[:100]) == set(range(100)), "whole shuffles, then the next one"
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
+    """`kill -9` in the middle of training: the checkpoint on disk is whole, and the same command goes on from it."""
+    env = {**os.environ, "MESOSCAN_MODELS_DIR": str(tmp_path / "models"), "TF_NUM_INTRAOP_THREADS": "1",
+           "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-m", "serving", "train", "--data", str(require_shared(CROPS_DIR)), "--arch", "meso4",
+               "--name", "killed", "--epochs", "30", "--batch-size", "8", "--limit", "48", "--val-fraction", "0.25",
+               "--seed", "2"]
+    runs = tmp_path / "models" / "runs"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not list(runs.glob("*/checkpoint.npz")):
+            assert proc.poll() is None, "training ended early"
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    (path,) = runs.glob("*/checkpoint.npz")
+    assert not [p for p in path.parent.iterdir() if p.name.startswith(".")], "no half-written checkpoint left"
+    done = json.loads(str(np.load(path)["meta"]))["state"]["epochs_done"]
+    assert 1 <= done < 30
+
+    again = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        lines = []
+        for line in again.stdout:
+            lines.append(line)
+            if line.startswith("resuming"):
+                break
+        assert lines and lines[-1].startswith(f"resuming killed after epoch {done}"), "".join(lines[-20:])
+    finally:
+        again.kill()
+        again.wait(30)
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    model.optimizer.build(model.trainable_variables)
+    with pytest.raises(ValueError, match="arrays for"):
+        checkpoint.restore(path, model)  # another network's checkpoint is refused, not half-loaded
