@@ -36,7 +36,9 @@ def train_rows(crops_dir):
 
 def test_labels_csv_rows_are_found_in_their_split_folder(crops_dir, train_rows):
     test_rows = read_crops(crops_dir, split="test")
-    assert len(test_rows) == 100 and len(train_rows) == 16000
+    assert len(test_rows) == 100 and len(train_rows) == 30150  # ../shared/data/README.md
+    assert [c.row for c in train_rows[:3]] == [1, 2, 3] and test_rows[0].row == 16001
+    assert train_rows[16000].row == 16101, "the added rows come after the test rows"
     assert all(c.path.parent.name == "test" and c.path.is_file() for c in test_rows)
     assert all(c.split == "train" and c.path.parent.name == "train" for c in train_rows[:50])
     assert sum(c.fake for c in test_rows) == 50
@@ -46,11 +48,14 @@ def test_labels_csv_rows_are_found_in_their_split_folder(crops_dir, train_rows):
 
 def test_training_never_sees_test_rows_and_no_cluster_is_on_both_sides(crops_dir):
     train, val = split_crops(crops_dir, val_fraction=0.1, seed=0)
-    assert len(train) + len(val) == 16000
+    assert len(train) + len(val) == 30150
+    old_train, old_val = split_crops(crops_dir, val_fraction=0.1, seed=0, rows=(1, 16000))
+    assert len(old_train) + len(old_val) == 16000 and max(c.row for c in old_train + old_val) == 16000
     assert not {c.split for c in train + val} - {"train"}
     train_clusters, val_clusters = {c.cluster for c in train}, {c.cluster for c in val}
     assert not train_clusters & val_clusters
-    assert len(val_clusters) == 800  # 10 % of the 8,000 clusters
+    assert len(val_clusters) == round(0.1 * 15075)  # 10 % of the 15,075 clusters
+    assert len({c.cluster for c in old_val}) == 800  # and of the first 8,000
     assert 0.4 < np.mean([c.fake for c in val]) < 0.6
 
 

@@ -100,8 +100,18 @@ def child_processes() -> list[str]:
     return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
 
 
+_BEFORE: set[str] = set()
+
+
+@pytest.fixture(autouse=True)
+def _children_before():
+    """Children that were there before the test (a browser or server other tests left for the session)."""
+    _BEFORE.clear()
+    _BEFORE.update(child_processes())
+
+
 def assert_nothing_left(staging: Path) -> None:
-    assert child_processes() == [], "a fetch process outlived fetch_video"
+    assert sorted(set(child_processes()) - _BEFORE) == [], "a fetch process outlived fetch_video"
     assert [t.name for t in threading.enumerate() if t.name.startswith("mesoscan")] == []
     assert list(staging.iterdir()) == []
     time.sleep(1)  # nothing still running may put anything back

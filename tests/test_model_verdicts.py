@@ -133,11 +133,13 @@ def test_settings_override_the_models_geometry_and_band():
     assert Scanner(ScannerSettings(), model="meso4_df").band() == DEFAULT_UNCERTAIN_BAND
 
 
-def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(settings, tmp_path, monkeypatch):
+def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(tmp_path):
     """Members trained on different geometry: each scores faces cut with its own margin; the ensemble's score is
     the calibrated mean of theirs."""
+    from serving.config import ServingSettings
     from serving.registry import ensemble_digest
 
+    settings = ServingSettings(models_dir=tmp_path / "models")  # its own: the session's registry stays as it was
     trained = settings.models_dir / "trained"
     trained.mkdir(parents=True, exist_ok=True)
     base = json.loads((PACKAGED_WEIGHTS / "meso4_dfdc.json").read_text())
@@ -155,7 +157,7 @@ def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(set
     assert get_model("mixed_ensemble", settings).weights.sha256 == ensemble_digest(
         ("tight_member", "loose_member"), (base["sha256"], base["sha256"]))
 
-    scanner = Scanner(ScannerSettings(), model="mixed_ensemble")
+    scanner = Scanner(ScannerSettings(), model="mixed_ensemble", serving_settings=settings)
     assert scanner.margins == (1.0, 1.3)
     rng = np.random.default_rng(2)
     tight, loose = (rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8) for _ in range(2))
@@ -165,7 +167,7 @@ def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(set
          + np.asarray(member.predict(loose, verbose=0)).reshape(-1)) / 2, ensemble["calibration"])
     np.testing.assert_allclose(scanner.score([tight, loose]), expected, atol=1e-5)
     scanner.close()
-    same = Scanner(ScannerSettings(crop_margin=1.2), model="mixed_ensemble")
+    same = Scanner(ScannerSettings(crop_margin=1.2), model="mixed_ensemble", serving_settings=settings)
     assert same.margins == (1.2,), "an explicit margin overrides the members' own"
 
 

@@ -12,6 +12,7 @@ import re
 import shlex
 from pathlib import Path
 
+import click
 import pytest
 import yaml
 from packaging.version import Version
@@ -132,8 +133,10 @@ def test_services_reach_each_other_on_the_right_ports():
 
 def test_commands_exist_in_the_code():
     from server import cli
+    from serving.cli import cli as mesoscan
 
-    assert {"serve", "worker", "keys", "db"} <= set(cli.main.commands)
+    assert {"serve", "worker", "keys", "db"} <= set(mesoscan.list_commands(None))
+    assert all(isinstance(getattr(cli, name), click.Command) for name in ("serve", "worker", "keys", "db"))
     serve_options = {o for p in cli.serve.params for o in p.opts}
     assert {"--host", "--port", "--dev"} <= serve_options
     worker_health = " ".join(SERVICES["worker"]["healthcheck"]["test"])

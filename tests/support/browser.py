@@ -48,18 +48,38 @@ def is_local(url: str) -> bool:
     return parts.scheme in {"http", "https", "ws", "wss"} and (parts.hostname or "") in LOOPBACK_HOSTS
 
 
+_PLAYWRIGHT = None
+
+
+def playwright():
+    """The process' one Playwright driver: the sync API refuses a second one while another runs in the thread
+    (a session browser and an extension context in the same run), so all browsers share this one."""
+    global _PLAYWRIGHT
+    if _PLAYWRIGHT is None:
+        from playwright.sync_api import sync_playwright
+
+        _PLAYWRIGHT = sync_playwright().start()
+    return _PLAYWRIGHT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_playwright() -> Iterator:
+    yield
+    global _PLAYWRIGHT
+    if _PLAYWRIGHT is not None:
+        _PLAYWRIGHT.stop()
+        _PLAYWRIGHT = None
+
+
 @pytest.fixture(scope="session")
 def chromium() -> Iterator:
     """A headless Chromium (Playwright `Browser`) for the whole session."""
-    from playwright.sync_api import sync_playwright
-
     executable = require_chromium()
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, headless=True, args=QUIET_ARGS)
-        try:
-            yield browser
-        finally:
-            browser.close()
+    browser = playwright().chromium.launch(executable_path=executable, headless=True, args=QUIET_ARGS)
+    try:
+        yield browser
+    finally:
+        browser.close()
 
 
 def watch(page) -> None:
@@ -105,23 +125,20 @@ def extension_context(extension_dir: Path, extra_args: tuple[str, ...] = (), **o
 
     `extra_args` go to Chromium too (e.g. `--enable-unsafe-extension-debugging`, which lets a browser CDP session
     click the extension's toolbar button with `Extensions.triggerAction`)."""
-    from playwright.sync_api import sync_playwright
-
     executable = require_chromium()
     profile = tempfile.mkdtemp(prefix="mesoscan-chromium-")
     ext = str(Path(extension_dir).resolve())
     try:
-        with sync_playwright() as p:
-            context = p.chromium.launch_persistent_context(
-                profile,
-                executable_path=executable,
-                headless=True,
-                args=[f"--disable-extensions-except={ext}", f"--load-extension={ext}", *QUIET_ARGS, *extra_args],
-                **options,
-            )
-            try:
-                yield context
-            finally:
-                context.close()
+        context = playwright().chromium.launch_persistent_context(
+            profile,
+            executable_path=executable,
+            headless=True,
+            args=[f"--disable-extensions-except={ext}", f"--load-extension={ext}", *QUIET_ARGS, *extra_args],
+            **options,
+        )
+        try:
+            yield context
+        finally:
+            context.close()
     finally:
         shutil.rmtree(profile, ignore_errors=True)
