@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	@$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; fi; exit $$rc
 
@@ -83,7 +84,7 @@ extension: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check . || true
+	$(BIN)/ruff format --check .
 
 # Re-resolve the dependency ranges of pyproject.toml and record the result.
 lock:

@@ -35,13 +35,16 @@ MAX_URL_LENGTH = 2048
 # `utm_` family) only: a prefix such as `si` would also drop `sig`, `signature`, `size`, `site` or `sid`, which
 # tell signed CDN URLs of different videos apart.
 _TRACKING_PREFIXES = ("utm_",)
-_TRACKING_NAMES = frozenset({"fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid", "mc_cid",
-                             "mc_eid", "si"})
+_TRACKING_NAMES = frozenset(
+    {"fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid", "mc_cid", "mc_eid", "si"}
+)
 
 
 def _is_tracking(name: str) -> bool:
     name = name.lower()
     return name in _TRACKING_NAMES or name.startswith(_TRACKING_PREFIXES)
+
+
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -91,9 +94,7 @@ def normalize_url(url: str) -> str:
         userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
         netloc = f"{userinfo}@{netloc}"
     query = sorted(
-        (k, v)
-        for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
-        if not _is_tracking(k)
+        (k, v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k)
     )
     return urllib.parse.urlunsplit((scheme, netloc, parts.path or "/", urllib.parse.urlencode(query), ""))
 

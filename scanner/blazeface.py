@@ -53,13 +53,19 @@ MODELS: dict[str, ModelSpec] = {
     "short": ModelSpec(
         file="face_detection_short_range.tflite",
         sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
-        input_size=128, strides=(8, 16, 16, 16), interpolated_scale_aspect_ratio=1.0, num_boxes=896,
+        input_size=128,
+        strides=(8, 16, 16, 16),
+        interpolated_scale_aspect_ratio=1.0,
+        num_boxes=896,
         min_score_thresh=0.5,
     ),
     "full": ModelSpec(
         file="face_detection_full_range_sparse.tflite",
         sha256="671dd2f9ed11a78436fc21cc42357a803dfc6f73e9fb86541be942d5716c2dce",
-        input_size=192, strides=(4,), interpolated_scale_aspect_ratio=0.0, num_boxes=2304,
+        input_size=192,
+        strides=(4,),
+        interpolated_scale_aspect_ratio=0.0,
+        num_boxes=2304,
         min_score_thresh=0.6,
     ),
 }
@@ -145,8 +151,9 @@ def ssd_anchors(spec: ModelSpec, anchor_offset: float = 0.5) -> np.ndarray:
     return np.concatenate([centres, np.ones_like(centres)], axis=1)
 
 
-def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, scale: float,
-           min_score: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def decode(
+    raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, scale: float, min_score: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Raw model outputs → candidates (boxes [K, 4] xmin, ymin, xmax, ymax; keypoints [K, 6, 2]; scores [K]).
 
     Coordinates are normalised to the input tensor. As `TensorsToDetectionsCalculator`: logits clipped to ±100,
@@ -155,8 +162,9 @@ def decode(raw_boxes: np.ndarray, raw_scores: np.ndarray, anchors: np.ndarray, s
     """
     raw_boxes = np.asarray(raw_boxes, dtype=np.float32).reshape(-1, NUM_COORDS)
     # float64: exp(100) overflows float32
-    logits = np.clip(np.asarray(raw_scores, dtype=np.float64).reshape(-1), -SCORE_CLIPPING_THRESH,
-                     SCORE_CLIPPING_THRESH)
+    logits = np.clip(
+        np.asarray(raw_scores, dtype=np.float64).reshape(-1), -SCORE_CLIPPING_THRESH, SCORE_CLIPPING_THRESH
+    )
     scores = (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
     keep = scores >= min_score
     raw, anchor, scores = raw_boxes[keep], anchors[keep], scores[keep]
@@ -179,8 +187,9 @@ def iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
-def weighted_nms(boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray,
-                 threshold: float = MIN_SUPPRESSION_THRESHOLD) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def weighted_nms(
+    boxes: np.ndarray, keypoints: np.ndarray, scores: np.ndarray, threshold: float = MIN_SUPPRESSION_THRESHOLD
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """MediaPipe's WEIGHTED non-maximum suppression.
 
     Repeatedly takes the best remaining detection and every remaining one overlapping it with IoU > `threshold`
@@ -241,13 +250,13 @@ class Letterbox:
         # stays an area average (detections measured identical on the shared clips; halving down to 2× was not).
         resized = frame_rgb
         while resized.shape[1] >= 4 * self.width and resized.shape[0] >= 4 * self.height:
-            resized = cv2.resize(resized, (resized.shape[1] // 2, resized.shape[0] // 2),
-                                 interpolation=cv2.INTER_AREA)
+            resized = cv2.resize(resized, (resized.shape[1] // 2, resized.shape[0] // 2), interpolation=cv2.INTER_AREA)
         shrink = self.width < resized.shape[1] or self.height < resized.shape[0]
-        resized = cv2.resize(resized, (self.width, self.height),
-                             interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        resized = cv2.resize(
+            resized, (self.width, self.height), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+        )
         tensor = np.full((1, self.size, self.size, 3), -1.0, dtype=np.float32)
-        tensor[0, self.top:self.top + self.height, self.left:self.left + self.width] = (
+        tensor[0, self.top : self.top + self.height, self.left : self.left + self.width] = (
             resized.astype(np.float32) * (2.0 / 255.0) - 1.0
         )
         return tensor
@@ -273,8 +282,13 @@ class FaceDetector:
     or process (and create it after forking).
     """
 
-    def __init__(self, model: ModelName = "full", min_score: float | None = None, model_dir: Path | None = None,
-                 num_threads: int = 1):
+    def __init__(
+        self,
+        model: ModelName = "full",
+        min_score: float | None = None,
+        model_dir: Path | None = None,
+        num_threads: int = 1,
+    ):
         if model not in MODELS:
             raise ValueError(f"unknown BlazeFace model {model!r}: choose one of {sorted(MODELS)}")
         self.spec = MODELS[model]
@@ -321,7 +335,10 @@ class FaceDetector:
         corners = letterbox.to_frame(boxes.reshape(-1, 2, 2))
         keypoints = letterbox.to_frame(keypoints)
         return [
-            Detection(box=(float(c[0, 0]), float(c[0, 1]), float(c[1, 0] - c[0, 0]), float(c[1, 1] - c[0, 1])),
-                      score=float(s), keypoints=k.astype(np.float32))
+            Detection(
+                box=(float(c[0, 0]), float(c[0, 1]), float(c[1, 0] - c[0, 0]), float(c[1, 1] - c[0, 1])),
+                score=float(s),
+                keypoints=k.astype(np.float32),
+            )
             for c, k, s in zip(corners, keypoints, scores, strict=True)
         ]

@@ -15,8 +15,9 @@ URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 def sparkline(timeline: list[dict]) -> str:
     """One character per sampled frame: the bar's height is the fake probability, a dot marks no face."""
-    return "".join("·" if p["fake_probability"] is None else SPARKS[min(int(p["fake_probability"] * 8), 7)]
-                   for p in timeline)
+    return "".join(
+        "·" if p["fake_probability"] is None else SPARKS[min(int(p["fake_probability"] * 8), 7)] for p in timeline
+    )
 
 
 def summary(document: dict) -> str:
@@ -25,8 +26,10 @@ def summary(document: dict) -> str:
     if verdict["fake_probability"] is None:
         lines.append(f"NO FACE: no face large enough to judge was found ({document['faces_skipped']} too small)")
     else:
-        lines.append(f"{verdict['label'].upper()}  fake probability {verdict['fake_probability']:.2f}  "
-                     f"(threshold {verdict['threshold']:.2f}, confidence {verdict['confidence']:.2f})")
+        lines.append(
+            f"{verdict['label'].upper()}  fake probability {verdict['fake_probability']:.2f}  "
+            f"(threshold {verdict['threshold']:.2f}, confidence {verdict['confidence']:.2f})"
+        )
     model = document["model"]
     lines.append(f"model: {model['name']} v{model['version']} ({model.get('backend', '')})")
     title = f"{source['title']}  " if source["title"] else ""
@@ -34,11 +37,15 @@ def summary(document: dict) -> str:
     duration = f"{source['duration_s']:.1f} s" if source["duration_s"] is not None else "? s"
     lines.append(f"video: {title}{duration}, {shape}, {source['fps'] or '?'} fps")
     for person in document["people"]:
-        lines.append(f"person {person['id']}: {person['fake_probability']:.2f} over {person['faces']} faces "
-                     f"({person['first_t']:.1f}–{person['last_t']:.1f} s)")
-    lines.append(f"timeline: {sparkline(document['timeline'])}  ({document['frames_sampled']} frames"
-                 f"{', key frames only' if document['keyframes_only'] else ''}, {document['faces_analyzed']} faces, "
-                 f"{document['faces_skipped']} too small)")
+        lines.append(
+            f"person {person['id']}: {person['fake_probability']:.2f} over {person['faces']} faces "
+            f"({person['first_t']:.1f}–{person['last_t']:.1f} s)"
+        )
+    lines.append(
+        f"timeline: {sparkline(document['timeline'])}  ({document['frames_sampled']} frames"
+        f"{', key frames only' if document['keyframes_only'] else ''}, {document['faces_analyzed']} faces, "
+        f"{document['faces_skipped']} too small)"
+    )
     stages = ", ".join(f"{k} {v / 1000:.2f}" for k, v in t.items() if k != "total")
     lines.append(f"took {t['total'] / 1000:.2f} s ({stages})")
     return "\n".join(lines)
@@ -50,8 +57,13 @@ class _ProgressBar:
     def __init__(self) -> None:
         from tqdm import tqdm
 
-        self.bar = tqdm(total=100, file=sys.stderr, leave=False, bar_format="{desc:<10} {bar} {percentage:3.0f}%",
-                        disable=not sys.stderr.isatty())
+        self.bar = tqdm(
+            total=100,
+            file=sys.stderr,
+            leave=False,
+            bar_format="{desc:<10} {bar} {percentage:3.0f}%",
+            disable=not sys.stderr.isatty(),
+        )
 
     def __call__(self, stage: str, fraction: float) -> None:
         self.bar.set_description_str(stage)
@@ -68,10 +80,21 @@ class _ProgressBar:
 @click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Frames to sample (default 32).")
 @click.option("--keyframes", is_flag=True, default=None, help="Decode key frames only (fast mode).")
 @click.option("--json", "as_json", is_flag=True, help="Print the verdict document as JSON.")
-@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the verdict document (JSON) to this file.")
-def scan(target: str, model_name: str | None, frames: int | None, keyframes: bool | None, as_json: bool,
-         out_file: Path | None) -> None:
+@click.option(
+    "--out",
+    "out_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the verdict document (JSON) to this file.",
+)
+def scan(
+    target: str,
+    model_name: str | None,
+    frames: int | None,
+    keyframes: bool | None,
+    as_json: bool,
+    out_file: Path | None,
+) -> None:
     """Scan a video URL (a video page, a direct media URL, an HTML page with a video, HLS) or a local file."""
     from scanner.config import ScannerSettings
     from scanner.pipeline import Scanner
@@ -86,10 +109,20 @@ def scan(target: str, model_name: str | None, frames: int | None, keyframes: boo
         elif Path(target).is_file():
             document = scanner.scan_file(target, progress)
         else:
-            document = failed_document(source={"url": target, "title": None, "duration_s": None, "width": None,
-                                               "height": None, "fps": None, "sha256": None},
-                                       model=None, code="invalid_url",
-                                       message=f"{target!r} is neither an http(s) URL nor an existing file")
+            document = failed_document(
+                source={
+                    "url": target,
+                    "title": None,
+                    "duration_s": None,
+                    "width": None,
+                    "height": None,
+                    "fps": None,
+                    "sha256": None,
+                },
+                model=None,
+                code="invalid_url",
+                message=f"{target!r} is neither an http(s) URL nor an existing file",
+            )
     finally:
         progress.close()
         scanner.close()
@@ -108,17 +141,38 @@ def scan(target: str, model_name: str | None, frames: int | None, keyframes: boo
 
 @click.command("extract-faces")
 @click.argument("video_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Where to write faces/ and labels.csv (a training set for `mesoscan train --data`).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Where to write faces/ and labels.csv (a training set for `mesoscan train --data`).",
+)
 @click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Frames sampled per video (default 32).")
 @click.option("--keyframes", is_flag=True, default=None, help="Key frames only.")
-@click.option("--format", "image_format", type=click.Choice(["png", "jpg"]), default="png", show_default=True,
-              help="png keeps the crops exactly as scans score them.")
-@click.option("--model", "model_name", default=None,
-              help="Cut faces with this model's crop geometry (default: the default model's), so the crops can "
-                   "train together with that model's training crops.")
-def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes: bool | None,
-                  image_format: str, model_name: str | None) -> None:
+@click.option(
+    "--format",
+    "image_format",
+    type=click.Choice(["png", "jpg"]),
+    default="png",
+    show_default=True,
+    help="png keeps the crops exactly as scans score them.",
+)
+@click.option(
+    "--model",
+    "model_name",
+    default=None,
+    help="Cut faces with this model's crop geometry (default: the default model's), so the crops can "
+    "train together with that model's training crops.",
+)
+def extract_faces(
+    video_dir: Path,
+    out_dir: Path,
+    frames: int | None,
+    keyframes: bool | None,
+    image_format: str,
+    model_name: str | None,
+) -> None:
     """Build a training set from labelled videos (labels.csv, or real/ and fake/) with the scan's own face crops."""
     from tqdm import tqdm
 
@@ -131,6 +185,7 @@ def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes:
     scanner = Scanner(ScannerSettings(**overrides), model=model_name)
     total = len(read_videos(video_dir))
     with tqdm(total=total, unit="video", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+
         def done(found) -> None:
             bar.update(1)
             if found.error:
@@ -142,20 +197,40 @@ def extract_faces(video_dir: Path, out_dir: Path, frames: int | None, keyframes:
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="Face crops (labels.csv or real/ and fake/ images): crop level. Labelled videos: video level, "
-                   "through the full pipeline.")
-@click.option("--split", default=None,
-              help="Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint "
-                   "validation split the trained models recorded (other models are scored on it too).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Face crops (labels.csv or real/ and fake/ images): crop level. Labelled videos: video level, "
+    "through the full pipeline.",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint "
+    "validation split the trained models recorded (other models are scored on it too).",
+)
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Crops: average each score with that of the horizontally flipped crop.")
 @click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write metrics.json, scores.csv, roc.png and hist_<model>.png (videos: also videos.json) here.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write metrics.json, scores.csv, roc.png and hist_<model>.png (videos: also videos.json) here.",
+)
 @click.pass_context
-def evaluate(ctx: click.Context, data_dir: Path, split: str | None, model_names: str | None, tta: bool,
-             frames: int | None, out_dir: Path | None) -> None:
+def evaluate(
+    ctx: click.Context,
+    data_dir: Path,
+    split: str | None,
+    model_names: str | None,
+    tta: bool,
+    frames: int | None,
+    out_dir: Path | None,
+) -> None:
     """ROC AUC, equal error rate, accuracy and confusion counts of several models side by side, on face crops
     (crop level) or on labelled videos (video level: the scan's verdict per video)."""
     from scanner.videoset import is_video_folder
@@ -187,8 +262,9 @@ def _with_crop_measurement(command: click.Command) -> click.Command:
         click.get_current_context().meta[MEASURE_CROP] = measure_crop_margin
         return command.callback(**kwargs)
 
-    return click.Command(command.name, params=command.params, callback=callback, help=command.help,
-                         short_help=command.short_help)
+    return click.Command(
+        command.name, params=command.params, callback=callback, help=command.help, short_help=command.short_help
+    )
 
 
 def _serving_command(name: str) -> click.Command:

@@ -76,8 +76,9 @@ def _refuse_external_programs() -> None:
     from yt_dlp.downloader import external
 
     def refuse(fd: Any, *_args: Any, **_kwargs: Any) -> Any:
-        raise UnsupportedUrlError(f"this stream needs {fd.get_basename()} to download; MesoScan fetches only with "
-                                  "its own guarded downloader")
+        raise UnsupportedUrlError(
+            f"this stream needs {fd.get_basename()} to download; MesoScan fetches only with its own guarded downloader"
+        )
 
     todo = [external.ExternalFD]
     while todo:  # FFmpegFD, Aria2cFD, CurlFD, ... each may define its own
@@ -127,15 +128,26 @@ def _sha256(path: Path) -> str:
 
 
 def _probe(path: Path, settings: ScannerSettings) -> VideoInfo:
-    return probe_video(path, settings.max_duration_s, max_frames=settings.max_frames,
-                       max_pixels=settings.max_frame_pixels)
+    return probe_video(
+        path, settings.max_duration_s, max_frames=settings.max_frames, max_pixels=settings.max_frame_pixels
+    )
 
 
 def _downloaded(path: Path, url: str | None, info: VideoInfo, meta: dict[str, Any]) -> DownloadedVideo:
     return DownloadedVideo(
-        path=path, url=url, title=meta.get("title"), duration_s=info.duration_s, width=info.width,
-        height=info.height, fps=info.fps, sha256=_sha256(path), filesize=path.stat().st_size, info=info,
-        webpage_url=meta.get("webpage_url"), extractor=meta.get("extractor"))
+        path=path,
+        url=url,
+        title=meta.get("title"),
+        duration_s=info.duration_s,
+        width=info.width,
+        height=info.height,
+        fps=info.fps,
+        sha256=_sha256(path),
+        filesize=path.stat().st_size,
+        info=info,
+        webpage_url=meta.get("webpage_url"),
+        extractor=meta.get("extractor"),
+    )
 
 
 @contextlib.contextmanager
@@ -294,8 +306,9 @@ class _Fetch:
         finally:  # success, a typed failure, a callback's exception, Ctrl-C: the child is gone before the temp dir
             child.kill_and_wait()
         if outcome is None:
-            raise DownloadFailedError(f"the fetch process ended unexpectedly (exit status {child.exitcode})",
-                                      retryable=False)
+            raise DownloadFailedError(
+                f"the fetch process ended unexpectedly (exit status {child.exitcode})", retryable=False
+            )
         if outcome[0] == "error":
             raise outcome[1]
         if outcome[0] == "crash":
@@ -329,10 +342,31 @@ class _Fetch:
         target = path.with_name("video.remuxed.mp4")
         try:
             subprocess.run(
-                [ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file",
-                 "-f", "mpegts", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-movflags", "+faststart",
-                 "-y", str(target)],
-                check=True, capture_output=True, timeout=max(30.0, self.deadline - time.monotonic()))
+                [
+                    ffmpeg,
+                    "-nostdin",
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-protocol_whitelist",
+                    "file",
+                    "-f",
+                    "mpegts",
+                    "-i",
+                    str(path),
+                    "-map",
+                    "0:v:0",
+                    "-c",
+                    "copy",
+                    "-movflags",
+                    "+faststart",
+                    "-y",
+                    str(target),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=max(30.0, self.deadline - time.monotonic()),
+            )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
             stderr = getattr(e, "stderr", b"") or b""
             detail = stderr.decode(errors="replace")[-300:]
@@ -360,6 +394,7 @@ class _Fetch:
                 conn.send(("crash", f"{type(e).__name__}: {e}"))
         finally:
             conn.close()
+
     def _params(self) -> dict[str, Any]:
         no_ffmpeg = self.workdir / "no-ffmpeg"
         no_ffmpeg.mkdir()

@@ -29,8 +29,9 @@ def eye_angle(detection: Detection) -> float:
     return math.degrees(math.atan2(float(ly - ry), float(lx - rx)))
 
 
-def cut_square(frame_rgb: np.ndarray, detection: Detection, margin: float = 1.3
-               ) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
+def cut_square(
+    frame_rgb: np.ndarray, detection: Detection, margin: float = 1.3
+) -> tuple[np.ndarray, tuple[int, int, int, int], float]:
     """The upright square around a face at the frame's own resolution: (image [S, S, 3], box, angle_deg).
 
     The side S is `margin` × the longer side of the detected box, centred on the box; the square's corner is put on
@@ -48,10 +49,15 @@ def cut_square(frame_rgb: np.ndarray, detection: Detection, margin: float = 1.3
     # Map each crop pixel to the frame: rotate about the square's centre (pixel-index coordinates), no scaling.
     c = (side - 1) / 2
     cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
-    to_frame = np.array([[cos, -sin, x0 + c - (cos * c - sin * c)],
-                         [sin, cos, y0 + c - (sin * c + cos * c)]])
-    square = cv2.warpAffine(frame, to_frame, (side, side), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                            borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
+    to_frame = np.array([[cos, -sin, x0 + c - (cos * c - sin * c)], [sin, cos, y0 + c - (sin * c + cos * c)]])
+    square = cv2.warpAffine(
+        frame,
+        to_frame,
+        (side, side),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(0, 0, 0),
+    )
     return square, (x0, y0, side, side), angle
 
 

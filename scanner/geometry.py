@@ -59,8 +59,15 @@ def measure_crop_margin(paths: list[Path], seed: int = 0, sample: int = SAMPLE, 
 
         raise InvalidInputError(f"no face found in any of {len(chosen)} training crops: cannot measure their margin")
     r = np.asarray(ratios)
-    return {"margin": round(float(np.median(r)), 3), "p10": round(float(np.percentile(r, 10)), 3),
-            "p90": round(float(np.percentile(r, 90)), 3), "measured": len(chosen), "faces_found": len(ratios),
-            "note": (f"median crop side / longer side of BlazeFace's face box over {len(ratios)} of {len(chosen)} "
-                     "training crops (seeded sample), each padded with black and run through the scanner's "
-                     "detector")}
+    return {
+        "margin": round(float(np.median(r)), 3),
+        "p10": round(float(np.percentile(r, 10)), 3),
+        "p90": round(float(np.percentile(r, 90)), 3),
+        "measured": len(chosen),
+        "faces_found": len(ratios),
+        "note": (
+            f"median crop side / longer side of BlazeFace's face box over {len(ratios)} of {len(chosen)} "
+            "training crops (seeded sample), each padded with black and run through the scanner's "
+            "detector"
+        ),
+    }

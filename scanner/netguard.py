@@ -59,40 +59,46 @@ _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
 # IANA special-purpose registries; checked in addition to `ipaddress.is_global`, whose tables vary across Python patch
 # releases (3.11.7 misses several of these).
-_NON_GLOBAL_V4: tuple[tuple[_V4, str], ...] = tuple((_V4(net), why) for net, why in (
-    ("0.0.0.0/8", "'this network' (0.0.0.0/8)"),
-    ("10.0.0.0/8", "private"),
-    ("100.64.0.0/10", "shared address space (carrier-grade NAT)"),
-    ("127.0.0.0/8", "loopback"),
-    ("169.254.0.0/16", "link-local (cloud metadata lives here)"),
-    ("172.16.0.0/12", "private"),
-    ("192.0.0.0/24", "IETF protocol assignments"),
-    ("192.0.2.0/24", "documentation"),
-    ("192.88.99.0/24", "6to4 relay anycast"),
-    ("192.168.0.0/16", "private"),
-    ("198.18.0.0/15", "benchmarking"),
-    ("198.51.100.0/24", "documentation"),
-    ("203.0.113.0/24", "documentation"),
-    ("224.0.0.0/4", "multicast"),
-    ("240.0.0.0/4", "reserved"),
-))
+_NON_GLOBAL_V4: tuple[tuple[_V4, str], ...] = tuple(
+    (_V4(net), why)
+    for net, why in (
+        ("0.0.0.0/8", "'this network' (0.0.0.0/8)"),
+        ("10.0.0.0/8", "private"),
+        ("100.64.0.0/10", "shared address space (carrier-grade NAT)"),
+        ("127.0.0.0/8", "loopback"),
+        ("169.254.0.0/16", "link-local (cloud metadata lives here)"),
+        ("172.16.0.0/12", "private"),
+        ("192.0.0.0/24", "IETF protocol assignments"),
+        ("192.0.2.0/24", "documentation"),
+        ("192.88.99.0/24", "6to4 relay anycast"),
+        ("192.168.0.0/16", "private"),
+        ("198.18.0.0/15", "benchmarking"),
+        ("198.51.100.0/24", "documentation"),
+        ("203.0.113.0/24", "documentation"),
+        ("224.0.0.0/4", "multicast"),
+        ("240.0.0.0/4", "reserved"),
+    )
+)
 _GLOBAL_UNICAST_V6 = _V6("2000::/3")
 _NAT64_WELL_KNOWN = _V6("64:ff9b::/96")
-_NON_GLOBAL_V6: tuple[tuple[_V6, str], ...] = tuple((_V6(net), why) for net, why in (
-    ("::1/128", "loopback"),
-    ("::/128", "unspecified"),
-    ("64:ff9b:1::/48", "local-use NAT64"),
-    ("100::/64", "discard-only"),
-    ("2001::/23", "IETF protocol assignments (Teredo, benchmarking, ORCHID)"),
-    ("2001:db8::/32", "documentation"),
-    ("2002::/16", "6to4 (embeds an IPv4 address)"),
-    ("3fff::/20", "documentation"),
-    ("5f00::/16", "segment routing"),
-    ("fc00::/7", "unique local (private)"),
-    ("fe80::/10", "link-local"),
-    ("fec0::/10", "site-local"),
-    ("ff00::/8", "multicast"),
-))
+_NON_GLOBAL_V6: tuple[tuple[_V6, str], ...] = tuple(
+    (_V6(net), why)
+    for net, why in (
+        ("::1/128", "loopback"),
+        ("::/128", "unspecified"),
+        ("64:ff9b:1::/48", "local-use NAT64"),
+        ("100::/64", "discard-only"),
+        ("2001::/23", "IETF protocol assignments (Teredo, benchmarking, ORCHID)"),
+        ("2001:db8::/32", "documentation"),
+        ("2002::/16", "6to4 (embeds an IPv4 address)"),
+        ("3fff::/20", "documentation"),
+        ("5f00::/16", "segment routing"),
+        ("fc00::/7", "unique local (private)"),
+        ("fe80::/10", "link-local"),
+        ("fec0::/10", "site-local"),
+        ("ff00::/8", "multicast"),
+    )
+)
 
 
 def _inet_aton(host: str) -> ipaddress.IPv4Address | None:
@@ -208,8 +214,11 @@ class AllowEntry:
         if self.port is not None and port != self.port:
             return False
         if self.network is not None:
-            return any(candidate in self.network for candidate in {ip, normalize_ip(ip)}
-                       if candidate.version == self.network.version)
+            return any(
+                candidate in self.network
+                for candidate in {ip, normalize_ip(ip)}
+                if candidate.version == self.network.version
+            )
         return hostname is not None and hostname.lower().removesuffix(".") == self.hostname
 
 
@@ -415,7 +424,8 @@ def _guarded_new_conn(connection: Any, guard: NetGuard) -> socket.socket:
     timeout = connection.timeout if isinstance(connection.timeout, int | float) else socket.getdefaulttimeout()
     try:
         sock = guard.create_connection(
-            (connection._dns_host, connection.port), timeout, socket_options=connection.socket_options)
+            (connection._dns_host, connection.port), timeout, socket_options=connection.socket_options
+        )
     except (BlockedAddressError, InvalidUrlError) as e:
         raise _yt_dlp_types()["Blocked"](e) from e
     except socket.gaierror as e:
@@ -450,8 +460,9 @@ def _cap_whole_reads(response: Any, limit: int, blocked: type) -> Any:
             counted += len(chunk)
             if counted > limit:
                 response.close()
-                raise blocked(TooLargeError(
-                    f"a page or manifest of more than {limit / 2**20:g} MB (decompressed) was refused"))
+                raise blocked(
+                    TooLargeError(f"a page or manifest of more than {limit / 2**20:g} MB (decompressed) was refused")
+                )
             chunks.append(chunk)
         return b"".join(chunks)
 

@@ -44,8 +44,9 @@ def _no_progress(stage: str, fraction: float) -> None:
 class Scanner:
     """Scans videos with one model. Make one per process, after any fork (the model loads on first use)."""
 
-    def __init__(self, settings: ScannerSettings | None = None, model: str | None = None, predictor=None,
-                 serving_settings=None):
+    def __init__(
+        self, settings: ScannerSettings | None = None, model: str | None = None, predictor=None, serving_settings=None
+    ):
         self.settings = settings or get_settings()
         self._model = model
         self._serving_settings = serving_settings
@@ -74,8 +75,9 @@ class Scanner:
 
         with self._lock:
             if self._detector is None:
-                self._detector = FaceDetector(self.settings.detector, self.settings.min_detection_score,
-                                              model_dir=self.settings.blazeface_dir)
+                self._detector = FaceDetector(
+                    self.settings.detector, self.settings.min_detection_score, model_dir=self.settings.blazeface_dir
+                )
             return self._detector
 
     @property
@@ -143,8 +145,9 @@ class Scanner:
             if progress is not None and stage == "downloading" and fraction is not None:
                 progress("fetch", fraction)
 
-        return self._scan(lambda: fetch_video(url, self.settings, progress=fetch_progress), {"url": url}, progress,
-                          reuse)
+        return self._scan(
+            lambda: fetch_video(url, self.settings, progress=fetch_progress), {"url": url}, progress, reuse
+        )
 
     def scan_file(self, path: str | Path, progress: Progress | None = None) -> dict[str, Any]:
         """Scan a local file (the command line only; the gateway must never call this)."""
@@ -154,14 +157,26 @@ class Scanner:
 
     # --- the work -----------------------------------------------------------------------------------------
 
-    def _scan(self, open_video: Callable[[], AbstractContextManager], source: dict,
-              progress: Progress | None, reuse: Reuse | None = None) -> dict[str, Any]:
+    def _scan(
+        self,
+        open_video: Callable[[], AbstractContextManager],
+        source: dict,
+        progress: Progress | None,
+        reuse: Reuse | None = None,
+    ) -> dict[str, Any]:
         progress = progress or _no_progress
         started = time.perf_counter()
         timings: dict[str, float] = {}
         model = None
-        source = {"url": source.get("url"), "title": None, "duration_s": None, "width": None, "height": None,
-                  "fps": None, "sha256": None}
+        source = {
+            "url": source.get("url"),
+            "title": None,
+            "duration_s": None,
+            "width": None,
+            "height": None,
+            "fps": None,
+            "sha256": None,
+        }
         try:
             model = self.model_info()  # fail fast, before downloading, when the model cannot load
             progress("fetch", 0.0)
@@ -171,24 +186,37 @@ class Scanner:
                 progress("fetch", 1.0)
                 if reuse is not None and (earlier := reuse(source)) is not None:
                     return earlier
-                document = self._analyze(Path(video.path), video.info.index, source, model, timings, progress,
-                                         started)
+                document = self._analyze(Path(video.path), video.info.index, source, model, timings, progress, started)
         except ScanError as exc:
             timings["total"] = (time.perf_counter() - started) * 1000
-            return failed_document(source=source, model=model, code=exc.code, message=exc.message,
-                                   retryable=exc.retryable, timings_ms=timings)
+            return failed_document(
+                source=source,
+                model=model,
+                code=exc.code,
+                message=exc.message,
+                retryable=exc.retryable,
+                timings_ms=timings,
+            )
         return document
 
-    def faces(self, path: Path, index, progress: Progress | None = None,
-              margins: tuple[float, ...] | None = None) -> FaceStream:
+    def faces(
+        self, path: Path, index, progress: Progress | None = None, margins: tuple[float, ...] | None = None
+    ) -> FaceStream:
         """The faces of `path`'s sampled frames, frame by frame (`with scanner.faces(...) as stream: for faces in
         stream: ...`), cropped exactly as scans score them (or with `margins`); `index` is the video's packet
         index."""
-        return FaceStream(path, index, self.settings, self.detector, progress or _no_progress,
-                          margins or self.margins)
+        return FaceStream(path, index, self.settings, self.detector, progress or _no_progress, margins or self.margins)
 
-    def _analyze(self, path: Path, index, source: dict, model: dict, timings: dict[str, float],
-                 progress: Progress, started: float) -> dict[str, Any]:
+    def _analyze(
+        self,
+        path: Path,
+        index,
+        source: dict,
+        model: dict,
+        timings: dict[str, float],
+        progress: Progress,
+        started: float,
+    ) -> dict[str, Any]:
         from serving.errors import InvalidInputError, ServingError
 
         s = self.settings
@@ -232,11 +260,24 @@ class Scanner:
         kept_images = {key: crop for _, key, crop in keep}
         for face in faces:
             face.image = kept_images.get(id(face))
-        timings.update(decode=stream.decode_ms, detect=stream.detect_ms, classify=classify_ms,
-                       total=(time.perf_counter() - started) * 1000)
-        return build_document(source=source, model=model, threshold=spec.threshold, band=self.band(),
-                              faces=faces, frame_times=stream.frame_times, faces_skipped=stream.skipped,
-                              keyframes=s.keyframes, top=s.top_faces, timings_ms=timings)
+        timings.update(
+            decode=stream.decode_ms,
+            detect=stream.detect_ms,
+            classify=classify_ms,
+            total=(time.perf_counter() - started) * 1000,
+        )
+        return build_document(
+            source=source,
+            model=model,
+            threshold=spec.threshold,
+            band=self.band(),
+            faces=faces,
+            frame_times=stream.frame_times,
+            faces_skipped=stream.skipped,
+            keyframes=s.keyframes,
+            top=s.top_faces,
+            timings_ms=timings,
+        )
 
 
 class FaceStream(AbstractContextManager):
@@ -247,8 +288,9 @@ class FaceStream(AbstractContextManager):
     a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done.
     """
 
-    def __init__(self, path: Path, index, settings: ScannerSettings, detector, progress: Progress,
-                 margins: tuple[float, ...]):
+    def __init__(
+        self, path: Path, index, settings: ScannerSettings, detector, progress: Progress, margins: tuple[float, ...]
+    ):
         from scanner.tracking import FaceTracker
         from scanner.video import choose_frames
 
@@ -258,8 +300,9 @@ class FaceStream(AbstractContextManager):
         self.frame_times: list[float] = []
         self.skipped = 0
         self.detect_ms = 0.0
-        self._frames = BackgroundFrames(path, settings.frames, settings.keyframes, index,
-                                        threads=settings.compute_threads)
+        self._frames = BackgroundFrames(
+            path, settings.frames, settings.keyframes, index, threads=settings.compute_threads
+        )
 
     @property
     def decode_ms(self) -> float:
@@ -284,8 +327,12 @@ class FaceStream(AbstractContextManager):
             found = []
             for detection, person in zip(detections, people, strict=True):
                 crops = [crop_face(frame.image, detection, margin) for margin in self.margins]
-                found.append((ScoredFace(frame.t, frame.index, person, crops[0].box, float("nan")),
-                              tuple(c.image for c in crops)))
+                found.append(
+                    (
+                        ScoredFace(frame.t, frame.index, person, crops[0].box, float("nan")),
+                        tuple(c.image for c in crops),
+                    )
+                )
             self.detect_ms += (time.perf_counter() - t0) * 1000
             self.frame_times.append(frame.t)
             self.progress("analyze", len(self.frame_times) / max(self.expected, 1))

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 # Containers that keep a seek index (mp4/mov sample tables, Matroska cues, AVI idx1): seeking to a time is cheap.
 _INDEXED_FORMATS = {"mov", "mp4", "matroska", "webm", "avi", "asf"}
 
+
 @dataclass(frozen=True)
 class VideoInfo:
     duration_s: float
@@ -41,8 +42,13 @@ class VideoInfo:
         return {k: v for k, v in asdict(self).items() if k != "index"}
 
 
-def probe_video(path: str | Path, max_duration_s: float | None = None, *, max_frames: int | None = None,
-                max_pixels: int | None = None) -> VideoInfo:
+def probe_video(
+    path: str | Path,
+    max_duration_s: float | None = None,
+    *,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+) -> VideoInfo:
     """Open `path`, check it holds a decodable video stream and describe it.
 
     Raises NotAVideoError (not media, audio only, a still image), CorruptVideoError (looks like a video container but
@@ -80,7 +86,8 @@ def _describe(container, path: Path, max_duration_s: float | None, max_frames: i
     first_pts, last_end = index.start_pts, index.end_pts
     if stream.frames and packets < stream.frames - max(2, stream.frames // 100):
         raise CorruptVideoError(
-            f"{path.name} is truncated: {packets} of the {stream.frames} frames its header lists are present")
+            f"{path.name} is truncated: {packets} of the {stream.frames} frames its header lists are present"
+        )
     if duration is None and last_end is not None and stream.time_base:
         duration = float((last_end - (first_pts or 0)) * Fraction(stream.time_base))
     if duration is None and fps:

@@ -46,8 +46,13 @@ class FaceTracker:
     back to the same place keeps their id). Ids count from 0 in order of appearance.
     """
 
-    def __init__(self, min_iou: float = 0.3, max_distance: float = 1.0, max_scale_change: float = 2.0,
-                 max_gap_s: float | None = None):
+    def __init__(
+        self,
+        min_iou: float = 0.3,
+        max_distance: float = 1.0,
+        max_scale_change: float = 2.0,
+        max_gap_s: float | None = None,
+    ):
         self.min_iou = min_iou
         self.max_distance = max_distance
         self.max_scale_change = max_scale_change

@@ -56,13 +56,15 @@ def people_summary(faces: list[ScoredFace]) -> list[dict]:
         people.setdefault(face.person, []).append(face)
     summary = []
     for person, own in sorted(people.items()):
-        summary.append({
-            "id": person,
-            "fake_probability": round(float(np.mean([f.fake_probability for f in own])), 6),
-            "faces": len(own),
-            "first_t": round(min(f.t for f in own), 3),
-            "last_t": round(max(f.t for f in own), 3),
-        })
+        summary.append(
+            {
+                "id": person,
+                "fake_probability": round(float(np.mean([f.fake_probability for f in own])), 6),
+                "faces": len(own),
+                "first_t": round(min(f.t for f in own), 3),
+                "last_t": round(max(f.t for f in own), 3),
+            }
+        )
     return summary
 
 
@@ -100,9 +102,19 @@ def top_faces(faces: list[ScoredFace], count: int, jpeg_quality: int = 85) -> li
     ]
 
 
-def build_document(*, source: dict, model: dict, threshold: float, band: float, faces: list[ScoredFace],
-                   frame_times: list[float], faces_skipped: int, keyframes: bool, top: int,
-                   timings_ms: dict[str, float]) -> dict[str, Any]:
+def build_document(
+    *,
+    source: dict,
+    model: dict,
+    threshold: float,
+    band: float,
+    faces: list[ScoredFace],
+    frame_times: list[float],
+    faces_skipped: int,
+    keyframes: bool,
+    top: int,
+    timings_ms: dict[str, float],
+) -> dict[str, Any]:
     people = people_summary(faces)
     score = video_score(people)
     return {
@@ -128,8 +140,15 @@ def build_document(*, source: dict, model: dict, threshold: float, band: float, 
     }
 
 
-def failed_document(*, source: dict, model: dict | None, code: str, message: str, retryable: bool = False,
-                    timings_ms: dict[str, float] | None = None) -> dict[str, Any]:
+def failed_document(
+    *,
+    source: dict,
+    model: dict | None,
+    code: str,
+    message: str,
+    retryable: bool = False,
+    timings_ms: dict[str, float] | None = None,
+) -> dict[str, Any]:
     return {
         "source": source,
         "status": "failed",

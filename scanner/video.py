@@ -32,8 +32,17 @@ import numpy as np
 from scanner.errors import CorruptVideoError, TooLargeError, TooLongError
 from scanner.media import decode_limits, open_container, video_stream
 
-__all__ = ["Frame", "PacketIndex", "choose_frames", "decode_limits", "decode_ranges", "index_packets", "limit_decoder",
-           "read_index", "sample_frames"]
+__all__ = [
+    "Frame",
+    "PacketIndex",
+    "choose_frames",
+    "decode_limits",
+    "decode_ranges",
+    "index_packets",
+    "limit_decoder",
+    "read_index",
+    "sample_frames",
+]
 
 
 @dataclass(frozen=True)
@@ -82,8 +91,10 @@ def limit_decoder(stream, max_pixels: int) -> None:
     frame later on (before allocating it). Call before the first decode."""
     ctx = stream.codec_context
     if ctx.width * ctx.height > max_pixels:
-        raise TooLargeError(f"the video's frames are {ctx.width}×{ctx.height}, over the limit of {max_pixels:,} "
-                            "pixels per frame (MESOSCAN_MAX_FRAME_PIXELS)")
+        raise TooLargeError(
+            f"the video's frames are {ctx.width}×{ctx.height}, over the limit of {max_pixels:,} "
+            "pixels per frame (MESOSCAN_MAX_FRAME_PIXELS)"
+        )
     ctx.options = {**ctx.options, "max_pixels": str(max_pixels)}
 
 
@@ -124,8 +135,9 @@ def index_packets(path: str | Path, max_frames: int | None = None) -> PacketInde
 def choose_frames(index: PacketIndex, count: int, keyframes: bool = False) -> list[int]:
     """Presentation timestamps of the frames to sample: `count` evenly across the video (centres of equal
     slices), or up to `count` key frames evenly chosen among them."""
-    candidates = sorted(p for p, k in zip(index.pts, index.keyframe, strict=True) if k) if keyframes \
-        else index.frame_pts
+    candidates = (
+        sorted(p for p, k in zip(index.pts, index.keyframe, strict=True) if k) if keyframes else index.frame_pts
+    )
     if len(candidates) <= count:
         return candidates
     positions = ((np.arange(count) + 0.5) * len(candidates) / count).astype(int)
@@ -171,9 +183,17 @@ def _to_rgb(frame, frame_pixels: int) -> np.ndarray:
     return image
 
 
-def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
-                  index: PacketIndex | None = None, threads: int | None = None, *, max_frames: int | None = None,
-                  max_pixels: int | None = None, frame_pixels: int | None = None) -> Iterator[Frame]:
+def sample_frames(
+    path: str | Path,
+    count: int = 32,
+    keyframes: bool = False,
+    index: PacketIndex | None = None,
+    threads: int | None = None,
+    *,
+    max_frames: int | None = None,
+    max_pixels: int | None = None,
+    frame_pixels: int | None = None,
+) -> Iterator[Frame]:
     """Yield the sampled frames of `path` in presentation order, decoding only the packets they need.
 
     `threads` caps the decoder's threads (default: FFmpeg's choice, about one per core). The limits default to
@@ -217,8 +237,9 @@ def sample_frames(path: str | Path, count: int = 32, keyframes: bool = False,
                 break
     except av.error.FFmpegError as exc:
         if stream.codec_context.width * stream.codec_context.height > max_pixels:  # grew past the limit mid-way
-            raise TooLargeError(f"the video's frames grow over the limit of {max_pixels:,} pixels per frame "
-                                "(MESOSCAN_MAX_FRAME_PIXELS)") from None
+            raise TooLargeError(
+                f"the video's frames grow over the limit of {max_pixels:,} pixels per frame (MESOSCAN_MAX_FRAME_PIXELS)"
+            ) from None
         raise CorruptVideoError(f"the video cannot be decoded ({exc.strerror or exc})") from None
     finally:
         container.close()

@@ -38,8 +38,12 @@ def is_video_folder(data_dir: Path) -> bool:
         with labels.open(newline="") as f:
             first = next(csv.DictReader(f), None)
         return first is not None and Path(first.get("filename") or "").suffix.lower() in VIDEO_SUFFIXES
-    return any(p.suffix.lower() in VIDEO_SUFFIXES for label in ("real", "fake") if (data_dir / label).is_dir()
-               for p in (data_dir / label).rglob("*"))
+    return any(
+        p.suffix.lower() in VIDEO_SUFFIXES
+        for label in ("real", "fake")
+        if (data_dir / label).is_dir()
+        for p in (data_dir / label).rglob("*")
+    )
 
 
 def read_videos(video_dir: Path) -> list[LabelledCrop]:
@@ -103,8 +107,13 @@ def collect_faces(scanner, video: LabelledCrop, margins: tuple[float, ...] | Non
 # --- extract-faces ---------------------------------------------------------------------------------------------
 
 
-def extract_faces(video_dir: Path, out_dir: Path, scanner, image_format: str = "png",
-                  on_video: Callable[[VideoFaces], None] | None = None) -> Path:
+def extract_faces(
+    video_dir: Path,
+    out_dir: Path,
+    scanner,
+    image_format: str = "png",
+    on_video: Callable[[VideoFaces], None] | None = None,
+) -> Path:
     """Write every face a scan would score, as a training set: `out_dir/faces/*.<format>` + `out_dir/labels.csv`.
 
     The crops are the model's input exactly (256×256 RGB, the crop geometry of the scanner's model, rotation and
@@ -127,14 +136,28 @@ def extract_faces(video_dir: Path, out_dir: Path, scanner, image_format: str = "
         for face, (crop, *_) in found.faces:
             name = f"{video.path.stem}_t{face.t:08.3f}_p{face.person}.{image_format}"
             Image.fromarray(crop).save(faces_dir / name, **({"quality": 95} if image_format == "jpg" else {}))
-            row = {"filename": f"faces/{name}", "label": "FAKE" if video.fake else "REAL", "cluster": video.cluster,
-                   "source_video": video.path.name, "t": f"{face.t:.3f}", "person": face.person}
+            row = {
+                "filename": f"faces/{name}",
+                "label": "FAKE" if video.fake else "REAL",
+                "cluster": video.cluster,
+                "source_video": video.path.name,
+                "t": f"{face.t:.3f}",
+                "person": face.person,
+            }
             rows.append(row | ({"split": video.split or ""} if with_split else {}))
     spec = scanner.predictor.spec
-    (Path(out_dir) / "geometry.json").write_text(json.dumps(
-        {"model": spec.name, "version": spec.version, "crop_margin": scanner.margins[0],
-         "note": "crop side = crop_margin × the longer side of BlazeFace's face box, rotated upright on the eyes"},
-        indent=2) + "\n")
+    (Path(out_dir) / "geometry.json").write_text(
+        json.dumps(
+            {
+                "model": spec.name,
+                "version": spec.version,
+                "crop_margin": scanner.margins[0],
+                "note": "crop side = crop_margin × the longer side of BlazeFace's face box, upright on the eyes",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     labels = Path(out_dir) / "labels.csv"
     fields = ["filename", "label", "cluster", "source_video", "t", "person"] + (["split"] if with_split else [])
     with labels.open("w", newline="") as f:
@@ -147,9 +170,13 @@ def extract_faces(video_dir: Path, out_dir: Path, scanner, image_format: str = "
 # --- video-level evaluation ------------------------------------------------------------------------------------
 
 
-def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSettings | None = None,
-                    out_dir: Path | None = None, on_video: Callable[[VideoFaces], None] | None = None
-                    ) -> tuple[dict[str, dict], list[dict]]:
+def evaluate_videos(
+    video_dir: Path,
+    model_names: list[str],
+    settings: ScannerSettings | None = None,
+    out_dir: Path | None = None,
+    on_video: Callable[[VideoFaces], None] | None = None,
+) -> tuple[dict[str, dict], list[dict]]:
     """Each model's video-level metrics on a labelled video folder, through the full pipeline.
 
     Each video's frames are decoded and its faces found once; every model (all loaded up front) scores the same
@@ -171,8 +198,12 @@ def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSe
             found = collect_faces(first, video, margins)
             if on_video:
                 on_video(found)
-            row = {"video": video.path.name, "label": "FAKE" if video.fake else "REAL", "faces": len(found.faces),
-                   "error": found.error.code if found.error else None}
+            row = {
+                "video": video.path.name,
+                "label": "FAKE" if video.fake else "REAL",
+                "faces": len(found.faces),
+                "error": found.error.code if found.error else None,
+            }
             faces = [face for face, _ in found.faces]
             for name, sc in scanners.items():
                 if not faces:
@@ -182,10 +213,18 @@ def evaluate_videos(video_dir: Path, model_names: list[str], settings: ScannerSe
                 for face, score in zip(faces, sc.score(batches), strict=True):
                     face.fake_probability = float(score)
                 spec = sc.predictor.spec
-                verdict = build_document(source=found.source, model={"name": name, "version": spec.version},
-                                         threshold=spec.threshold, band=sc.band(),
-                                         faces=faces, frame_times=found.frame_times, faces_skipped=found.skipped,
-                                         keyframes=settings.keyframes, top=0, timings_ms={})["verdict"]
+                verdict = build_document(
+                    source=found.source,
+                    model={"name": name, "version": spec.version},
+                    threshold=spec.threshold,
+                    band=sc.band(),
+                    faces=faces,
+                    frame_times=found.frame_times,
+                    faces_skipped=found.skipped,
+                    keyframes=settings.keyframes,
+                    top=0,
+                    timings_ms={},
+                )["verdict"]
                 row[name] = {"fake_probability": verdict["fake_probability"], "label": verdict["label"]}
             rows.append(row)
         thresholds = {name: sc.predictor.spec.threshold for name, sc in scanners.items()}
@@ -220,15 +259,21 @@ def format_video_table(metrics: dict[str, dict], rows: list[dict]) -> str:
         cells = []
         for n in names:
             v = r[n]
-            cells.append(f"{v['label']:>18}" if v["fake_probability"] is None
-                         else f"{v['fake_probability']:.3f} {v['label']:>12}")
+            cells.append(
+                f"{v['label']:>18}"
+                if v["fake_probability"] is None
+                else f"{v['fake_probability']:.3f} {v['label']:>12}"
+            )
         lines.append(f"{r['video']:<{width}}  {r['label']:<5}  " + "  ".join(cells))
     lines.append("")
-    lines.append(f"{'model':<24} {'videos':>6} {'ROC AUC':>8} {'accuracy':>9} {'fake→real':>10} {'uncertain':>10} "
-                 f"{'no face':>8}")
+    lines.append(
+        f"{'model':<24} {'videos':>6} {'ROC AUC':>8} {'accuracy':>9} {'fake→real':>10} {'uncertain':>10} {'no face':>8}"
+    )
     for n, m in metrics.items():
         auc = m.get("roc_auc", float("nan"))
         acc = m.get("accuracy", float("nan"))
-        lines.append(f"{n:<24} {m['videos']:>6} {auc:>8.3f} {acc:>9.3f} {m['fake_called_real']:>10} "
-                     f"{m['uncertain']:>10} {m['no_face']:>8}")
+        lines.append(
+            f"{n:<24} {m['videos']:>6} {auc:>8.3f} {acc:>9.3f} {m['fake_called_real']:>10} "
+            f"{m['uncertain']:>10} {m['no_face']:>8}"
+        )
     return "\n".join(lines)

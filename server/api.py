@@ -70,10 +70,16 @@ def _body(schema: type[BaseModel]) -> Any:
     try:
         return schema.model_validate(data)
     except ValidationError as exc:
-        details = [{"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
-                   for e in exc.errors(include_url=False, include_input=False)]
-        raise ApiError(400, "invalid_request", "the request body does not match the API: "
-                       + "; ".join(f"{d['field']}: {d['problem']}" for d in details), details=details) from None
+        details = [
+            {"field": ".".join(str(p) for p in e["loc"]) or "(body)", "problem": e["msg"]}
+            for e in exc.errors(include_url=False, include_input=False)
+        ]
+        raise ApiError(
+            400,
+            "invalid_request",
+            "the request body does not match the API: " + "; ".join(f"{d['field']}: {d['problem']}" for d in details),
+            details=details,
+        ) from None
 
 
 def _policy():
@@ -154,8 +160,11 @@ def _model(name: str | None) -> tuple[str, int]:
     default, models = _models()
     name = default if name is None else name
     if name not in models:
-        raise ApiError(400, "unknown_model", f"unknown model {name!r}; registered models: {', '.join(models)} "
-                                             "(see `mesoscan models list`)")
+        raise ApiError(
+            400,
+            "unknown_model",
+            f"unknown model {name!r}; registered models: {', '.join(models)} (see `mesoscan models list`)",
+        )
     return name, models[name]
 
 
@@ -163,11 +172,11 @@ def _iso(value) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value is not None else None
 
 
-def scan_json(scan: Scan, cached: bool | None = None, page_url: str | None = None,
-              page_token: str | None = None) -> dict:
+def scan_json(
+    scan: Scan, cached: bool | None = None, page_url: str | None = None, page_token: str | None = None
+) -> dict:
     """The scan as the API shows it; `page_url` is the requester's own (its `page_token` goes into the report link)."""
-    upload = ({"file_name": scan.upload_name, "size_bytes": scan.upload_bytes}
-              if scan.upload_name is not None else None)
+    upload = {"file_name": scan.upload_name, "size_bytes": scan.upload_bytes} if scan.upload_name is not None else None
     out = {
         "id": scan.id,
         "url": None if upload else scan.url,
@@ -175,15 +184,21 @@ def scan_json(scan: Scan, cached: bool | None = None, page_url: str | None = Non
         "page_url": page_url,
         "model": {"name": scan.model, "version": scan.model_version},
         "status": scan.status,
-        "progress": ({"stage": scan.stage, "fraction": round(scan.fraction or 0.0, 4)}
-                     if scan.status == "running" and scan.stage in ("fetch", "analyze", "classify") else None),
+        "progress": (
+            {"stage": scan.stage, "fraction": round(scan.fraction or 0.0, 4)}
+            if scan.status == "running" and scan.stage in ("fetch", "analyze", "classify")
+            else None
+        ),
         "attempts": scan.attempts,
         "created_at": _iso(scan.created_at),
         "started_at": _iso(scan.started_at),
         "finished_at": _iso(scan.finished_at),
         "status_url": external_url("api.get_scan", scan_id=scan.id),
-        "report_url": (external_url("pages.report", scan_id=scan.id, s=page_token) if page_token
-                       else external_url("pages.report", scan_id=scan.id)),
+        "report_url": (
+            external_url("pages.report", scan_id=scan.id, s=page_token)
+            if page_token
+            else external_url("pages.report", scan_id=scan.id)
+        ),
         "reused_from": scan.reused_from,
         "result": scan.result if scan.status in ("done", "failed") else None,
     }
@@ -207,8 +222,9 @@ def _publish(created: list[Scan]) -> None:
             jobs.forget_unpublished(session, [s.id for s in created if s.id not in sent])
         if sent:  # some went out: their records stay and they will run
             log.warning("a partly queued request: %d scan(s) were sent before the broker failed", len(sent))
-        raise ApiError(503, "broker_unavailable", "the job queue is unreachable; try again shortly",
-                       headers={"Retry-After": "10"}) from None
+        raise ApiError(
+            503, "broker_unavailable", "the job queue is unreachable; try again shortly", headers={"Retry-After": "10"}
+        ) from None
 
 
 @bp.post("/scans")
@@ -227,14 +243,22 @@ def create_scan():
     model, version = _model(body.model)
     settings = _settings()
     with session_scope(settings.database_url) as session:
-        submission = jobs.submit(session, url=url, page_url=page_url, model=model, version=version,
-                                 api_key_id=g.get("api_key_id"), cache_ttl_s=settings.cache_ttl_s)
+        submission = jobs.submit(
+            session,
+            url=url,
+            page_url=page_url,
+            model=model,
+            version=version,
+            api_key_id=g.get("api_key_id"),
+            cache_ttl_s=settings.cache_ttl_s,
+        )
     if submission.outcome == "created":
         _publish([submission.scan])
     SUBMISSIONS.labels(submission.outcome).inc()
     cached = submission.outcome == "cached"
-    response = jsonify(scan_json(submission.scan, cached=cached, page_url=submission.page_url,
-                                 page_token=submission.page_token))
+    response = jsonify(
+        scan_json(submission.scan, cached=cached, page_url=submission.page_url, page_token=submission.page_token)
+    )
     if not cached:
         response.status_code = 202
         response.headers["Location"] = external_url("api.get_scan", scan_id=submission.scan.id)
@@ -280,8 +304,9 @@ def get_scan(scan_id: str):
         body = cache.get(key) if page is None else None  # the cached answer holds no one's page URL
         if body is None:
             scan = _get_or_404(session, Scan, scan_id)
-            body = json.dumps(scan_json(scan, page_url=page and page.page_url, page_token=page and page.id),
-                              separators=(",", ":")).encode()
+            body = json.dumps(
+                scan_json(scan, page_url=page and page.page_url, page_token=page and page.id), separators=(",", ":")
+            ).encode()
             if scan.status in FINAL and page is None:
                 cache.put(key, body)
     return current_app.response_class(body, mimetype="application/json")
@@ -297,19 +322,27 @@ def create_batch():
     policy = _policy()
     created: list[Scan] = []
     with session_scope(settings.database_url) as session:
-        batch = Batch(id=jobs.new_id(), model=model, model_version=version, api_key_id=g.get("api_key_id"),
-                      created_at=utcnow())
+        batch = Batch(
+            id=jobs.new_id(), model=model, model_version=version, api_key_id=g.get("api_key_id"), created_at=utcnow()
+        )
         session.add(batch)
         for position, raw in enumerate(body.urls):
-            item = BatchItem(batch_id=batch.id, position=position, url=raw[:settings.max_url_length])
+            item = BatchItem(batch_id=batch.id, position=position, url=raw[: settings.max_url_length])
             try:
                 url = check_video_url(raw, policy)
             except ScanError as exc:
                 item.error_code, item.error_message = exc.code, exc.message
                 SUBMISSIONS.labels("rejected").inc()
             else:
-                submission = jobs.submit(session, url=url, page_url=None, model=model, version=version,
-                                         api_key_id=g.get("api_key_id"), cache_ttl_s=settings.cache_ttl_s)
+                submission = jobs.submit(
+                    session,
+                    url=url,
+                    page_url=None,
+                    model=model,
+                    version=version,
+                    api_key_id=g.get("api_key_id"),
+                    cache_ttl_s=settings.cache_ttl_s,
+                )
                 item.scan_id = submission.scan.id
                 SUBMISSIONS.labels(submission.outcome).inc()
                 if submission.outcome == "created":
@@ -333,11 +366,19 @@ def batch_json(session, batch: Batch) -> dict:
     """The batch with each item's scan status, verdict label part and error: only those parts of the documents are
     read (face crops stay in the database)."""
     rows = session.execute(
-        select(BatchItem.url, BatchItem.error_code, BatchItem.error_message, Scan.id, Scan.status,
-               Scan.result["verdict"], Scan.result["error"])
+        select(
+            BatchItem.url,
+            BatchItem.error_code,
+            BatchItem.error_message,
+            Scan.id,
+            Scan.status,
+            Scan.result["verdict"],
+            Scan.result["error"],
+        )
         .outerjoin(Scan, Scan.id == BatchItem.scan_id)
         .where(BatchItem.batch_id == batch.id)
-        .order_by(BatchItem.position))
+        .order_by(BatchItem.position)
+    )
     counts = dict.fromkeys(STATUSES, 0)
     items = []
     for url, error_code, error_message, scan_id, status, verdict, doc_error in rows:
@@ -345,18 +386,23 @@ def batch_json(session, batch: Batch) -> dict:
             status, verdict = "rejected", None
             error = {"code": error_code or "rejected", "message": error_message or "not scanned"}
         else:
-            error = ({"code": doc_error.get("code"), "message": doc_error.get("message")}
-                     if status == "failed" and isinstance(doc_error, dict) else None)
+            error = (
+                {"code": doc_error.get("code"), "message": doc_error.get("message")}
+                if status == "failed" and isinstance(doc_error, dict)
+                else None
+            )
             verdict = verdict if status == "done" else None
         counts[status] += 1
-        items.append({
-            "url": url,
-            "scan_id": scan_id,
-            "status": status,
-            "verdict": verdict,
-            "error": error,
-            "report_url": external_url("pages.report", scan_id=scan_id) if scan_id else None,
-        })
+        items.append(
+            {
+                "url": url,
+                "scan_id": scan_id,
+                "status": status,
+                "verdict": verdict,
+                "error": error,
+                "report_url": external_url("pages.report", scan_id=scan_id) if scan_id else None,
+            }
+        )
     return {
         "id": batch.id,
         "model": {"name": batch.model, "version": batch.model_version},
@@ -386,16 +432,22 @@ def list_models():
     from serving.registry import list_models as registered
 
     settings = serving_settings()
-    return jsonify(models=[{
-        "name": spec.name,
-        "architecture": ARCHITECTURES.get(spec.arch, spec.arch),
-        "version": spec.version,
-        "threshold": spec.threshold,
-        "licence": spec.licence,
-        "description": spec.description,
-        "members": list(spec.members),
-        "default": spec.name == settings.model,
-    } for spec in registered(settings)], default=settings.model)
+    return jsonify(
+        models=[
+            {
+                "name": spec.name,
+                "architecture": ARCHITECTURES.get(spec.arch, spec.arch),
+                "version": spec.version,
+                "threshold": spec.threshold,
+                "licence": spec.licence,
+                "description": spec.description,
+                "members": list(spec.members),
+                "default": spec.name == settings.model,
+            }
+            for spec in registered(settings)
+        ],
+        default=settings.model,
+    )
 
 
 @bp.get("/openapi.json")

@@ -32,8 +32,12 @@ def _check_metrics_token(settings: ServerSettings) -> None:
         raise ApiError(403, "forbidden", "set MESOSCAN_METRICS_TOKEN to scrape /metrics")
     given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
     if not hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
-        raise ApiError(401, "unauthorized", "/metrics wants Authorization: Bearer <MESOSCAN_METRICS_TOKEN>",
-                       headers={"WWW-Authenticate": 'Bearer realm="metrics"'})
+        raise ApiError(
+            401,
+            "unauthorized",
+            "/metrics wants Authorization: Bearer <MESOSCAN_METRICS_TOKEN>",
+            headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+        )
 
 
 def create_app(settings: ServerSettings | None = None) -> Flask:
@@ -53,8 +57,12 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     if settings.proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
-        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=settings.proxy_hops, x_proto=settings.proxy_hops,  # type: ignore[method-assign]
-                                x_host=settings.proxy_hops)
+        app.wsgi_app = ProxyFix(
+            app.wsgi_app,
+            x_for=settings.proxy_hops,
+            x_proto=settings.proxy_hops,  # type: ignore[method-assign]
+            x_host=settings.proxy_hops,
+        )
     configure(settings)
     errors.register(app)
 
@@ -67,10 +75,18 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
     init_limits(app, api.bp)
     if settings.allowed_origins:
         # No credentials: the extension's requests carry no cookies (its key travels in X-API-Key).
-        CORS(app, resources={r"/api/v1/*": {"origins": settings.allowed_origins},
-                             r"/healthz": {"origins": settings.allowed_origins}}, supports_credentials=False,
-             allow_headers=["Content-Type", "X-API-Key"], expose_headers=["Location", "Retry-After"],
-             methods=["GET", "POST"], max_age=600)
+        CORS(
+            app,
+            resources={
+                r"/api/v1/*": {"origins": settings.allowed_origins},
+                r"/healthz": {"origins": settings.allowed_origins},
+            },
+            supports_credentials=False,
+            allow_headers=["Content-Type", "X-API-Key"],
+            expose_headers=["Location", "Retry-After"],
+            methods=["GET", "POST"],
+            max_age=600,
+        )
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_blueprint(health.bp)

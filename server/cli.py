@@ -56,12 +56,16 @@ def _child_exit(_server, worker) -> None:
 @click.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0 in containers).")
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--workers", type=click.IntRange(1, 64), default=None,
-              help="gunicorn processes (default MESOSCAN_GATEWAY_WORKERS).")
+@click.option(
+    "--workers", type=click.IntRange(1, 64), default=None, help="gunicorn processes (default MESOSCAN_GATEWAY_WORKERS)."
+)
 @click.option("--access-log/--no-access-log", default=False, help="Log every request (gunicorn's access log).")
-@click.option("--dev", is_flag=True,
-              help="All in one process for local use: gateway plus an in-process worker, no API keys, "
-                   "in-memory queue, loopback only.")
+@click.option(
+    "--dev",
+    is_flag=True,
+    help="All in one process for local use: gateway plus an in-process worker, no API keys, "
+    "in-memory queue, loopback only.",
+)
 def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool) -> None:
     """Run the REST gateway (gunicorn), or everything in one process with --dev."""
     from server.dev import dev_settings, is_loopback
@@ -80,8 +84,11 @@ def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool
 
         app = create_app(settings)
         start_worker(settings)
-        click.echo(f"MesoScan development server on http://{host}:{port} (open mode, in-process worker, "
-                   f"database {settings.database_url})", err=True)
+        click.echo(
+            f"MesoScan development server on http://{host}:{port} (open mode, in-process worker, "
+            f"database {settings.database_url})",
+            err=True,
+        )
         run_simple(host, port, app, threaded=True, use_reloader=False)
         return
     if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # gunicorn's processes share request metrics through it
@@ -89,41 +96,61 @@ def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool
         atexit.register(shutil.rmtree, metrics_dir, ignore_errors=True)
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    _Gunicorn({
-        "bind": bind,
-        "workers": workers or settings.gateway_workers,
-        "threads": settings.gateway_threads,
-        "worker_class": "gthread",
-        "timeout": 30,
-        "graceful_timeout": 20,
-        "keepalive": 5,
-        "accesslog": "-" if access_log else None,
-        "errorlog": "-",
-        "loglevel": "info",
-        "child_exit": _child_exit,
-        "proc_name": "mesoscan-gateway",
-        "forwarded_allow_ips": "*" if settings.proxy_hops else "127.0.0.1",
-    }).run()
+    _Gunicorn(
+        {
+            "bind": bind,
+            "workers": workers or settings.gateway_workers,
+            "threads": settings.gateway_threads,
+            "worker_class": "gthread",
+            "timeout": 30,
+            "graceful_timeout": 20,
+            "keepalive": 5,
+            "accesslog": "-" if access_log else None,
+            "errorlog": "-",
+            "loglevel": "info",
+            "child_exit": _child_exit,
+            "proc_name": "mesoscan-gateway",
+            "forwarded_allow_ips": "*" if settings.proxy_hops else "127.0.0.1",
+        }
+    ).run()
 
 
 @click.command()
-@click.option("--concurrency", "-c", type=click.IntRange(1, 64), default=None,
-              help="Scans at once (processes; default MESOSCAN_WORKER_CONCURRENCY). Each loads its own model.")
+@click.option(
+    "--concurrency",
+    "-c",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Scans at once (processes; default MESOSCAN_WORKER_CONCURRENCY). Each loads its own model.",
+)
 @click.option("--hostname", "-n", default=None, help="Worker node name (default: celery's, e.g. celery@host).")
 @click.option("--loglevel", "-l", default="INFO", show_default=True)
 @click.option("--pool", type=click.Choice(["prefork", "solo", "threads"]), default="prefork", show_default=True)
-@click.option("--max-tasks-per-child", type=click.IntRange(1), default=None,
-              help="Replace a worker process after this many scans.")
-def worker(concurrency: int | None, hostname: str | None, loglevel: str, pool: str,
-           max_tasks_per_child: int | None) -> None:
+@click.option(
+    "--max-tasks-per-child",
+    type=click.IntRange(1),
+    default=None,
+    help="Replace a worker process after this many scans.",
+)
+def worker(
+    concurrency: int | None, hostname: str | None, loglevel: str, pool: str, max_tasks_per_child: int | None
+) -> None:
     """Run a scan worker (Celery): takes scans from the queue, one per process at a time."""
     from server.tasks import configure
 
     settings = _settings()
     _migrate(settings)
     app = configure(settings)
-    argv = ["worker", f"--loglevel={loglevel}", f"--concurrency={concurrency or settings.worker_concurrency}",
-            f"--pool={pool}", "--queues", settings.queue, "--without-gossip", "--without-mingle"]
+    argv = [
+        "worker",
+        f"--loglevel={loglevel}",
+        f"--concurrency={concurrency or settings.worker_concurrency}",
+        f"--pool={pool}",
+        "--queues",
+        settings.queue,
+        "--without-gossip",
+        "--without-mingle",
+    ]
     if hostname:
         argv += ["--hostname", hostname]
     if max_tasks_per_child:
@@ -166,9 +193,17 @@ def keys_list(include_revoked: bool, as_json: bool) -> None:
     settings = _settings()
     _migrate(settings)
     with session_scope(settings.database_url) as session:
-        rows = [{"id": k.id, "name": k.name, "prefix": k.prefix, "rate_limit": k.rate_limit,
-                 "created_at": k.created_at.isoformat(), "revoked_at": k.revoked_at.isoformat() if k.revoked_at
-                 else None} for k in list_keys(session, include_revoked)]
+        rows = [
+            {
+                "id": k.id,
+                "name": k.name,
+                "prefix": k.prefix,
+                "rate_limit": k.rate_limit,
+                "created_at": k.created_at.isoformat(),
+                "revoked_at": k.revoked_at.isoformat() if k.revoked_at else None,
+            }
+            for k in list_keys(session, include_revoked)
+        ]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
@@ -177,8 +212,10 @@ def keys_list(include_revoked: bool, as_json: bool) -> None:
         return
     click.echo(f"{'ID':>4}  {'NAME':<24} {'PREFIX':<14} {'RATE LIMIT':<14} {'CREATED':<20} REVOKED")
     for r in rows:
-        click.echo(f"{r['id']:>4}  {r['name'][:24]:<24} {r['prefix'] + '…':<14} {r['rate_limit'] or 'default':<14} "
-                   f"{r['created_at'][:19]:<20} {(r['revoked_at'] or '')[:19]}")
+        click.echo(
+            f"{r['id']:>4}  {r['name'][:24]:<24} {r['prefix'] + '…':<14} {r['rate_limit'] or 'default':<14} "
+            f"{r['created_at'][:19]:<20} {(r['revoked_at'] or '')[:19]}"
+        )
 
 
 @keys.command("revoke")

@@ -113,8 +113,10 @@ class ServerSettings(BaseSettings):
         if self.task_time_limit_s < self.task_soft_time_limit_s:
             raise ValueError("MESOSCAN_TASK_TIME_LIMIT_S must not be below MESOSCAN_TASK_SOFT_TIME_LIMIT_S")
         if self.visibility_timeout_s <= self.task_time_limit_s:
-            raise ValueError("MESOSCAN_VISIBILITY_TIMEOUT_S must exceed MESOSCAN_TASK_TIME_LIMIT_S, or Redis "
-                             "redelivers scans that are still running")
+            raise ValueError(
+                "MESOSCAN_VISIBILITY_TIMEOUT_S must exceed MESOSCAN_TASK_TIME_LIMIT_S, or Redis "
+                "redelivers scans that are still running"
+            )
         if self.stale_after_s <= 2 * self.heartbeat_s:
             raise ValueError("MESOSCAN_STALE_AFTER_S must be more than twice MESOSCAN_HEARTBEAT_S")
         return self

@@ -42,8 +42,9 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 10})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, pool_recycle=1800, connect_args={"connect_timeout": 5}
+    )
 
 
 def get_engine(url: str) -> tuple[Engine, sessionmaker[Session]]:
@@ -88,8 +89,7 @@ def read_scope(url: str) -> Iterator[Session]:
     key = (os.getpid(), url)
     with _lock:
         if key not in _readers:
-            _readers[key] = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"),
-                                         expire_on_commit=False)
+            _readers[key] = sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"), expire_on_commit=False)
         maker = _readers[key]
     session = maker()
     try:

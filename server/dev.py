@@ -24,17 +24,24 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-UNPACKED_EXTENSION_ORIGINS = (r"^chrome-extension://[a-p]{32}$",
-                              r"^moz-extension://[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+UNPACKED_EXTENSION_ORIGINS = (
+    r"^chrome-extension://[a-p]{32}$",
+    r"^moz-extension://[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+)
 """Any Chromium or Firefox extension's origin (regular expressions, as flask-cors takes them): an unpacked
 extension's id depends on its folder (Firefox's on the profile), so `--dev`, which listens on loopback only, lets
 every one in without configuration."""
 
 
 def dev_settings(base: ServerSettings) -> ServerSettings:
-    return base.model_copy(update={"broker_url": "memory://", "ratelimit_storage_url": "memory://",
-                                   "open_mode": True,
-                                   "cors_origins": [*base.cors_origins, *UNPACKED_EXTENSION_ORIGINS]})
+    return base.model_copy(
+        update={
+            "broker_url": "memory://",
+            "ratelimit_storage_url": "memory://",
+            "open_mode": True,
+            "cors_origins": [*base.cors_origins, *UNPACKED_EXTENSION_ORIGINS],
+        }
+    )
 
 
 def start_worker(settings: ServerSettings) -> threading.Thread:
@@ -43,11 +50,22 @@ def start_worker(settings: ServerSettings) -> threading.Thread:
     from serving.config import get_settings as serving_settings
 
     app = configure(settings)
-    app.conf.update(worker_hijack_root_logger=False, worker_redirect_stdouts=False,  # the process is Flask's too
-                    broker_transport_options={"polling_interval": 0.1})  # kombu's 1 s would delay every scan
-    worker = app.WorkController(app=app, pool="solo", concurrency=1, hostname="dev@localhost",
-                                queues=[settings.queue], without_heartbeat=True, without_mingle=True,
-                                without_gossip=True, loglevel="INFO")
+    app.conf.update(
+        worker_hijack_root_logger=False,
+        worker_redirect_stdouts=False,  # the process is Flask's too
+        broker_transport_options={"polling_interval": 0.1},
+    )  # kombu's 1 s would delay every scan
+    worker = app.WorkController(
+        app=app,
+        pool="solo",
+        concurrency=1,
+        hostname="dev@localhost",
+        queues=[settings.queue],
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
+        loglevel="INFO",
+    )
     thread = threading.Thread(target=worker.start, name="mesoscan-dev-worker", daemon=True)
     thread.start()
 

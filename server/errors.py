@@ -29,19 +29,28 @@ MESSAGES = {
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, *, details: list | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        *,
+        details: list | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.details = details
         self.headers = headers or {}
 
 
-def error_response(status: int, code: str, message: str, *, details: list | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, code: str, message: str, *, details: list | None = None, headers: dict[str, str] | None = None
+) -> Response:
     if request.blueprint == "pages":
         response = current_app.make_response(
-            (render_template("error.html", status=status, code=code, message=message), status))
+            (render_template("error.html", status=status, code=code, message=message), status)
+        )
     else:
         body: dict = {"code": code, "message": message}
         if details:
@@ -82,8 +91,7 @@ def register(app: Flask) -> None:
         message = MESSAGES.get(status) or (exc.description if status < 500 else None) or exc.name
         if status == 429:
             message = f"rate limit exceeded ({exc.description}); retry later"
-        return error_response(status, CODES.get(status, exc.name.lower().replace(" ", "_")), message,
-                              headers=headers)
+        return error_response(status, CODES.get(status, exc.name.lower().replace(" ", "_")), message, headers=headers)
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):
@@ -91,7 +99,11 @@ def register(app: Flask) -> None:
 
         if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
             log.warning("database unavailable: %s", exc)
-            return error_response(503, "database_unavailable", "the database is unreachable; try again later",
-                                  headers={"Retry-After": "5"})
+            return error_response(
+                503,
+                "database_unavailable",
+                "the database is unreachable; try again later",
+                headers={"Retry-After": "5"},
+            )
         log.exception("unexpected error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; it was logged")

@@ -45,8 +45,10 @@ def check_database(url: str) -> dict:
     except Exception as exc:
         return {"ok": False, "detail": f"database unreachable: {type(exc).__name__}"}
     if revision != head_revision():
-        return {"ok": False, "detail": f"database schema at {revision}, expected {head_revision()}: "
-                                       "run `mesoscan db upgrade`"}
+        return {
+            "ok": False,
+            "detail": f"database schema at {revision}, expected {head_revision()}: run `mesoscan db upgrade`",
+        }
     return {"ok": True, "detail": f"reachable, schema {revision}"}
 
 
@@ -86,8 +88,10 @@ def _probe_model_backend(settings) -> dict:
         return {"ok": False, "detail": f"model_unavailable: {exc}"}
     except Exception as exc:  # a backend library failing in an unexpected way is still "not ready"
         return {"ok": False, "detail": f"model_unavailable: {type(exc).__name__}: {exc}"}
-    return {"ok": True, "detail": f"{settings.model_backend} at {settings.tfserving_url} serves {spec.name} "
-                                  f"v{spec.version}"}
+    return {
+        "ok": True,
+        "detail": f"{settings.model_backend} at {settings.tfserving_url} serves {spec.name} v{spec.version}",
+    }
 
 
 @bp.get("/healthz")
@@ -108,9 +112,14 @@ def _checks(settings) -> dict:
     with _ready_lock:
         hit = _ready.get(key)
         if hit is None or time.monotonic() - hit[0] >= MODEL_CHECK_TTL_S:
-            hit = (time.monotonic(), {"broker": check_broker(settings.broker_url),
-                                      "database": check_database(settings.database_url),
-                                      "model_backend": check_model_backend()})
+            hit = (
+                time.monotonic(),
+                {
+                    "broker": check_broker(settings.broker_url),
+                    "database": check_database(settings.database_url),
+                    "model_backend": check_model_backend(),
+                },
+            )
             _ready[key] = hit
         return hit[1]
 

@@ -56,16 +56,26 @@ class Submission:
     """The id of its `ScanSubmission` record, for a report link that shows that page URL."""
 
 
-def submit(session: Session, *, url: str, page_url: str | None, model: str, version: int, api_key_id: int | None,
-           cache_ttl_s: float) -> Submission:
+def submit(
+    session: Session,
+    *,
+    url: str,
+    page_url: str | None,
+    model: str,
+    version: int,
+    api_key_id: int | None,
+    cache_ttl_s: float,
+) -> Submission:
     """Answer from the cache, join the live scan of the same URL, or create a queued scan (published by the caller
     after commit, with `scan.task_id`). Two statements: one lookup, one conflict-safe insert; a page URL is stored
     with this key's submission, not on the shared scan."""
-    submission = _find_or_create(session, url=url, model=model, version=version, api_key_id=api_key_id,
-                                 cache_ttl_s=cache_ttl_s)
+    submission = _find_or_create(
+        session, url=url, model=model, version=version, api_key_id=api_key_id, cache_ttl_s=cache_ttl_s
+    )
     if page_url:
-        record = ScanSubmission(id=new_id(), scan_id=submission.scan.id, api_key_id=api_key_id, page_url=page_url,
-                                created_at=utcnow())
+        record = ScanSubmission(
+            id=new_id(), scan_id=submission.scan.id, api_key_id=api_key_id, page_url=page_url, created_at=utcnow()
+        )
         session.add(record)
         submission.page_url, submission.page_token = page_url, record.id
     return submission
@@ -77,20 +87,29 @@ def page_of(session: Session, scan_id: str, api_key_id: int | None, token: str |
     if token is not None:
         query = query.where(ScanSubmission.id == token)
     else:
-        query = query.where(ScanSubmission.api_key_id.is_(None) if api_key_id is None
-                            else ScanSubmission.api_key_id == api_key_id)
+        query = query.where(
+            ScanSubmission.api_key_id.is_(None) if api_key_id is None else ScanSubmission.api_key_id == api_key_id
+        )
     return session.scalars(query.order_by(ScanSubmission.created_at.desc()).limit(1)).first()
 
 
-def _find_or_create(session: Session, *, url: str, model: str, version: int, api_key_id: int | None,
-                    cache_ttl_s: float) -> Submission:
+def _find_or_create(
+    session: Session, *, url: str, model: str, version: int, api_key_id: int | None, cache_ttl_s: float
+) -> Submission:
     normalized = normalize_url(url)
     key = active_key(model, version, normalized)
     wanted = [Scan.active_key == key]
     if cache_ttl_s > 0:
         since = utcnow() - dt.timedelta(seconds=cache_ttl_s)
-        wanted.append(and_(Scan.normalized_url == normalized, Scan.model == model, Scan.model_version == version,
-                           Scan.status == DONE, Scan.finished_at >= since))
+        wanted.append(
+            and_(
+                Scan.normalized_url == normalized,
+                Scan.model == model,
+                Scan.model_version == version,
+                Scan.status == DONE,
+                Scan.finished_at >= since,
+            )
+        )
     found = session.scalars(select(Scan).where(or_(*wanted))).all()
     done = sorted((s for s in found if s.status == DONE), key=lambda s: s.finished_at, reverse=True)
     if done:
@@ -98,9 +117,21 @@ def _find_or_create(session: Session, *, url: str, model: str, version: int, api
     if live := next((s for s in found if s.active_key == key), None):
         return Submission(live, "joined")
     now = utcnow()
-    values = {"id": new_id(), "url": url.strip(), "normalized_url": normalized, "page_url": None, "model": model,
-              "model_version": version, "status": QUEUED, "active_key": key, "task_id": new_task_id(),
-              "attempts": 0, "api_key_id": api_key_id, "created_at": now, "enqueued_at": now}
+    values = {
+        "id": new_id(),
+        "url": url.strip(),
+        "normalized_url": normalized,
+        "page_url": None,
+        "model": model,
+        "model_version": version,
+        "status": QUEUED,
+        "active_key": key,
+        "task_id": new_task_id(),
+        "attempts": 0,
+        "api_key_id": api_key_id,
+        "created_at": now,
+        "enqueued_at": now,
+    }
     postgresql = session.get_bind().dialect.name == "postgresql"
     if postgresql:
         # Enqueueing does not wait for the WAL flush (the commit's disk sync, the tail of enqueue latency): a
@@ -109,8 +140,9 @@ def _find_or_create(session: Session, *, url: str, model: str, version: int, api
         session.execute(text("SET LOCAL synchronous_commit TO OFF"))
     insert = postgresql_insert if postgresql else sqlite_insert
     table = Scan.__table__
-    created = session.execute(insert(table).values(**values).on_conflict_do_nothing(index_elements=["active_key"])
-                              .returning(table.c.id)).scalar_one_or_none()
+    created = session.execute(
+        insert(table).values(**values).on_conflict_do_nothing(index_elements=["active_key"]).returning(table.c.id)
+    ).scalar_one_or_none()
     if created is None:  # another request created the same live scan a moment ago
         live = session.scalars(select(Scan).where(Scan.active_key == key)).first()
         if live is not None:
@@ -145,12 +177,22 @@ def claim(db_url: str, scan_id: str, task_id: str, worker: str, stale_after_s: f
     with session_scope(db_url) as session:
         taken = session.execute(
             update(Scan)
-            .where(Scan.id == scan_id, Scan.task_id == task_id,
-                   or_(Scan.status == QUEUED,
-                       and_(Scan.status == RUNNING,
-                            or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before))))
-            .values(status=RUNNING, attempts=Scan.attempts + 1, worker=worker[:255], heartbeat_at=now,
-                    stage="fetch", fraction=0.0)
+            .where(
+                Scan.id == scan_id,
+                Scan.task_id == task_id,
+                or_(
+                    Scan.status == QUEUED,
+                    and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
+                ),
+            )
+            .values(
+                status=RUNNING,
+                attempts=Scan.attempts + 1,
+                worker=worker[:255],
+                heartbeat_at=now,
+                stage="fetch",
+                fraction=0.0,
+            )
             .execution_options(synchronize_session=False)
         ).rowcount
         scan = session.get(Scan, scan_id)
@@ -172,22 +214,33 @@ def heartbeat(db_url: str, scan_id: str, task_id: str, stage: str | None = None,
     if fraction is not None:
         values["fraction"] = max(0.0, min(1.0, float(fraction)))
     with session_scope(db_url) as session:
-        session.execute(update(Scan).where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
-                        .values(**values).execution_options(synchronize_session=False))
+        session.execute(
+            update(Scan)
+            .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
 
 
 def find_by_content(db_url: str, scan_id: str, sha256: str, model: str, version: int, ttl_s: float) -> Scan | None:
     """Record the downloaded video's hash on the scan, and return a recent verdict for the same bytes and model."""
     with session_scope(db_url) as session:
-        session.execute(update(Scan).where(Scan.id == scan_id).values(sha256=sha256)
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Scan).where(Scan.id == scan_id).values(sha256=sha256).execution_options(synchronize_session=False)
+        )
         if ttl_s <= 0:
             return None
         since = utcnow() - dt.timedelta(seconds=ttl_s)
         return session.scalars(
             select(Scan)
-            .where(Scan.sha256 == sha256, Scan.model == model, Scan.model_version == version, Scan.status == DONE,
-                   Scan.finished_at >= since, Scan.id != scan_id)
+            .where(
+                Scan.sha256 == sha256,
+                Scan.model == model,
+                Scan.model_version == version,
+                Scan.status == DONE,
+                Scan.finished_at >= since,
+                Scan.id != scan_id,
+            )
             .order_by(Scan.finished_at.desc())
             .limit(1)
         ).first()
@@ -196,9 +249,12 @@ def find_by_content(db_url: str, scan_id: str, sha256: str, model: str, version:
 def back_to_queue(db_url: str, scan_id: str, task_id: str) -> None:
     """Before a retry: the scan waits again (same message id, so the retry may claim it)."""
     with session_scope(db_url) as session:
-        session.execute(update(Scan).where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
-                        .values(status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
-                        .execution_options(synchronize_session=False))
+        session.execute(
+            update(Scan)
+            .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+            .values(status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
 
 
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
@@ -223,31 +279,55 @@ def finish(db_url: str, scan_id: str, document: dict, reused_from: str | None = 
     verdict = document.get("verdict") or {}
     error = document.get("error") or {}
     sha256 = (document.get("source") or {}).get("sha256")
-    values = {"status": status, "result": document, "label": verdict.get("label"), "error_code": error.get("code"),
-              "finished_at": utcnow(), "active_key": None, "stage": None, "fraction": None,
-              "reused_from": reused_from}
+    values = {
+        "status": status,
+        "result": document,
+        "label": verdict.get("label"),
+        "error_code": error.get("code"),
+        "finished_at": utcnow(),
+        "active_key": None,
+        "stage": None,
+        "fraction": None,
+        "reused_from": reused_from,
+    }
     if sha256:
         values["sha256"] = sha256
     with session_scope(db_url) as session:
-        return bool(session.execute(
-            update(Scan).where(Scan.id == scan_id, Scan.status.not_in(FINAL)).values(**values)
-            .execution_options(synchronize_session=False)).rowcount)
+        return bool(
+            session.execute(
+                update(Scan)
+                .where(Scan.id == scan_id, Scan.status.not_in(FINAL))
+                .values(**values)
+                .execution_options(synchronize_session=False)
+            ).rowcount
+        )
 
 
 # --- recovery ----------------------------------------------------------------------------------------------------
 
 
-def lost_scans(session: Session, *, stale_before: dt.datetime, queued_before: dt.datetime,
-               broker_lost_before: dt.datetime | None, limit: int = 500) -> list[tuple[str, str | None]]:
+def lost_scans(
+    session: Session,
+    *,
+    stale_before: dt.datetime,
+    queued_before: dt.datetime,
+    broker_lost_before: dt.datetime | None,
+    limit: int = 500,
+) -> list[tuple[str, str | None]]:
     """(id, task_id) of scans whose message is probably gone: running without a heartbeat, queued for too long, or
     queued before the broker lost its data."""
     queued_cutoff = max(queued_before, broker_lost_before) if broker_lost_before else queued_before
     rows = session.execute(
         select(Scan.id, Scan.task_id)
-        .where(or_(and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
-                   and_(Scan.status == QUEUED, Scan.enqueued_at <= queued_cutoff)))
+        .where(
+            or_(
+                and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
+                and_(Scan.status == QUEUED, Scan.enqueued_at <= queued_cutoff),
+            )
+        )
         .order_by(Scan.created_at)
-        .limit(limit))
+        .limit(limit)
+    )
     return [(row.id, row.task_id) for row in rows]
 
 
@@ -260,8 +340,12 @@ def reassign(session: Session, scan_id: str, old_task_id: str | None) -> str | N
     new = new_task_id()
     changed = session.execute(
         update(Scan)
-        .where(Scan.id == scan_id, Scan.status.in_(ACTIVE),
-               Scan.task_id.is_(None) if old_task_id is None else Scan.task_id == old_task_id)
+        .where(
+            Scan.id == scan_id,
+            Scan.status.in_(ACTIVE),
+            Scan.task_id.is_(None) if old_task_id is None else Scan.task_id == old_task_id,
+        )
         .values(task_id=new, status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
-        .execution_options(synchronize_session=False)).rowcount
+        .execution_options(synchronize_session=False)
+    ).rowcount
     return new if changed else None

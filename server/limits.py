@@ -122,8 +122,12 @@ def _check_failure_budget(raw: str | None) -> None:
         log.debug("auth failure budget not checked: %s", exc)
         return
     if not allowed:
-        raise ApiError(429, "rate_limited", "too many requests with a missing or unknown API key from this address; "
-                       "retry later", headers={"Retry-After": str(max(1, int(reset - time.time())))})
+        raise ApiError(
+            429,
+            "rate_limited",
+            "too many requests with a missing or unknown API key from this address; retry later",
+            headers={"Retry-After": str(max(1, int(reset - time.time())))},
+        )
 
 
 def authenticate() -> None:
@@ -177,7 +181,8 @@ def init_limits(app: Flask, api: Blueprint) -> Limiter:
         key_func=rate_key,
         storage_uri=settings.limiter_storage,
         storage_options={"socket_timeout": 1, "socket_connect_timeout": 1}
-        if settings.limiter_storage.startswith("redis") else {},
+        if settings.limiter_storage.startswith("redis")
+        else {},
         strategy="fixed-window",
         headers_enabled=False,
         swallow_errors=True,  # a limiter whose Redis is down lets requests through rather than failing them
@@ -185,10 +190,14 @@ def init_limits(app: Flask, api: Blueprint) -> Limiter:
         key_prefix="mesoscan",
     )
     # One submission budget and one read budget per key, shared by all endpoints.
-    limiter.shared_limit(current_limit, scope=lambda _endpoint: "submit" if request.method == "POST" else "read",
-                         exempt_when=lambda: request.endpoint in PUBLIC_ENDPOINTS, cost=submission_cost,
-                         # tested before, charged after: a refused batch does not use up the rest of the budget
-                         deduct_when=lambda response: response.status_code != 429)(api)
+    limiter.shared_limit(
+        current_limit,
+        scope=lambda _endpoint: "submit" if request.method == "POST" else "read",
+        exempt_when=lambda: request.endpoint in PUBLIC_ENDPOINTS,
+        cost=submission_cost,
+        # tested before, charged after: a refused batch does not use up the rest of the budget
+        deduct_when=lambda response: response.status_code != 429,
+    )(api)
     limiter.init_app(app)
     app.extensions["mesoscan_limiter"] = limiter
     return limiter

@@ -21,12 +21,16 @@ from sqlalchemy import func, select
 
 log = logging.getLogger(__name__)
 
-REQUESTS = Counter("mesoscan_http_requests_total", "HTTP requests answered by the gateway",
-                   ["method", "endpoint", "status"])
-LATENCY = Histogram("mesoscan_http_request_duration_seconds", "Time to answer a request",
-                    ["method", "endpoint"], buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-SUBMISSIONS = Counter("mesoscan_submissions_total", "URLs submitted, by what became of them",
-                      ["outcome"])
+REQUESTS = Counter(
+    "mesoscan_http_requests_total", "HTTP requests answered by the gateway", ["method", "endpoint", "status"]
+)
+LATENCY = Histogram(
+    "mesoscan_http_request_duration_seconds",
+    "Time to answer a request",
+    ["method", "endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SUBMISSIONS = Counter("mesoscan_submissions_total", "URLs submitted, by what became of them", ["outcome"])
 
 STAGES = ("fetch", "decode", "detect", "classify", "total")
 STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -78,13 +82,15 @@ class SystemCollector:
         from server.db import get_engine
         from server.models import Scan
 
-        gauge = GaugeMetricFamily("mesoscan_scans", "Scan records by status and verdict label",
-                                  labels=["status", "label"])
+        gauge = GaugeMetricFamily(
+            "mesoscan_scans", "Scan records by status and verdict label", labels=["status", "label"]
+        )
         try:
             engine, _ = get_engine(self.settings.database_url)
             with engine.connect() as connection:
                 rows = connection.execute(
-                    select(Scan.status, Scan.label, func.count()).group_by(Scan.status, Scan.label)).all()
+                    select(Scan.status, Scan.label, func.count()).group_by(Scan.status, Scan.label)
+                ).all()
         except Exception as exc:
             log.warning("metrics: database unavailable: %s", exc)
             return
@@ -113,8 +119,9 @@ class SystemCollector:
     @staticmethod
     def _stage_histogram(raw: dict) -> HistogramMetricFamily:
         values = {k.decode() if isinstance(k, bytes) else k: float(v) for k, v in raw.items()}
-        family = HistogramMetricFamily("mesoscan_stage_seconds", "Time scans spent in each stage (analysed scans)",
-                                       labels=["stage"])
+        family = HistogramMetricFamily(
+            "mesoscan_stage_seconds", "Time scans spent in each stage (analysed scans)", labels=["stage"]
+        )
         for stage in STAGES:
             total, buckets = 0.0, []
             for bound in (*STAGE_BUCKETS, math.inf):

@@ -124,8 +124,9 @@ class Batch(Base):
     model_version: Mapped[int] = mapped_column(Integer)
     api_key_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    items: Mapped[list[BatchItem]] = relationship(order_by="BatchItem.position", lazy="raise",
-                                                  cascade="all, delete-orphan", passive_deletes=True)
+    items: Mapped[list[BatchItem]] = relationship(
+        order_by="BatchItem.position", lazy="raise", cascade="all, delete-orphan", passive_deletes=True
+    )
 
 
 class BatchItem(Base):

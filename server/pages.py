@@ -22,10 +22,11 @@ from server.models import Scan
 
 bp = Blueprint("pages", __name__)
 
-CSP = ("default-src 'none'; img-src data:; style-src 'self'; base-uri 'none'; form-action 'none'; "
-       "frame-ancestors 'none'")
-FORM_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; connect-src 'self'; "
-            "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+CSP = "default-src 'none'; img-src data:; style-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+FORM_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src data:; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
 """The scan form's policy: its own script, and requests to this gateway only."""
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -53,8 +54,9 @@ class Chart:
     y_ticks: list[tuple[float, str]]
 
 
-def timeline_chart(timeline: list[dict], duration: float | None, threshold: float, band: float,
-                   width: int = 720, height: int = 200) -> Chart:
+def timeline_chart(
+    timeline: list[dict], duration: float | None, threshold: float, band: float, width: int = 720, height: int = 200
+) -> Chart:
     left, right, top, bottom = 44.0, width - 12.0, 12.0, height - 28.0
     t_end = max([duration or 0.0] + [p["t"] for p in timeline] + [1e-6])
 
@@ -80,8 +82,21 @@ def timeline_chart(timeline: list[dict], duration: float | None, threshold: floa
     anchors = ["start", "middle", "middle", "middle", "end"]
     x_ticks = [(x(t_end * i / 4), f"{t_end * i / 4:.1f} s", anchors[i]) for i in range(5)]
     y_ticks = [(y(v), f"{v:.2f}") for v in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    return Chart(width, height, left, right, top, bottom, lines, dots, empty, y(threshold),
-                 (y(min(threshold + band, 1.0)), y(max(threshold - band, 0.0))), x_ticks, y_ticks)
+    return Chart(
+        width,
+        height,
+        left,
+        right,
+        top,
+        bottom,
+        lines,
+        dots,
+        empty,
+        y(threshold),
+        (y(min(threshold + band, 1.0)), y(max(threshold - band, 0.0))),
+        x_ticks,
+        y_ticks,
+    )
 
 
 def safe_link(url: str | None) -> str | None:
@@ -112,11 +127,24 @@ def report(scan_id: str):
     source = document.get("source") or {}
     chart = None
     if scan.status == "done" and document.get("timeline"):
-        chart = timeline_chart(document["timeline"], source.get("duration_s"), verdict.get("threshold", 0.5),
-                               verdict.get("uncertain_band", 0.0))
-    return render_template("report.html", scan=scan, document=document, verdict=verdict, source=source,
-                           chart=chart, faces=faces(document), source_link=safe_link(source.get("url") or scan.url),
-                           page_url=page_url, page_link=safe_link(page_url))
+        chart = timeline_chart(
+            document["timeline"],
+            source.get("duration_s"),
+            verdict.get("threshold", 0.5),
+            verdict.get("uncertain_band", 0.0),
+        )
+    return render_template(
+        "report.html",
+        scan=scan,
+        document=document,
+        verdict=verdict,
+        source=source,
+        chart=chart,
+        faces=faces(document),
+        source_link=safe_link(source.get("url") or scan.url),
+        page_url=page_url,
+        page_link=safe_link(page_url),
+    )
 
 
 # --- the scan form ---------------------------------------------------------------------------------------------
@@ -143,7 +171,8 @@ def _form_context() -> dict:
 
 def _form_page(status: int = 200, error: dict | None = None, form_url: str = ""):
     response = current_app.make_response(
-        (render_template("index.html", error=error, form_url=form_url, **_form_context()), status))
+        (render_template("index.html", error=error, form_url=form_url, **_form_context()), status)
+    )
     response.headers["Content-Security-Policy"] = FORM_CSP
     return response
 
@@ -189,8 +218,9 @@ def _submit_form():
         upload, state = uploads.accept(request, settings, _identify)
         fields = upload.fields
         if upload.path is not None:
-            scan, outcome = uploads.submit_upload(settings, upload, model=state["model"], version=state["version"],
-                                                  api_key_id=state["api_key_id"])
+            scan, outcome = uploads.submit_upload(
+                settings, upload, model=state["model"], version=state["version"], api_key_id=state["api_key_id"]
+            )
             if outcome == "created":
                 uploads.publish_upload(scan)
             SUBMISSIONS.labels(outcome).inc()
@@ -209,8 +239,15 @@ def _submit_form():
         raise ApiError(400, exc.code, exc.message) from None
     model, version = api._model(fields.get("model") or None)
     with session_scope(settings.database_url) as session:
-        submission = jobs.submit(session, url=url, page_url=None, model=model, version=version,
-                                 api_key_id=api_key_id, cache_ttl_s=settings.cache_ttl_s)
+        submission = jobs.submit(
+            session,
+            url=url,
+            page_url=None,
+            model=model,
+            version=version,
+            api_key_id=api_key_id,
+            cache_ttl_s=settings.cache_ttl_s,
+        )
     if submission.outcome == "created":
         api._publish([submission.scan])
     SUBMISSIONS.labels(submission.outcome).inc()
@@ -232,9 +269,12 @@ def submit():
         from server.errors import CODES
 
         status = exc.code or 400
-        error = {"code": CODES.get(status, "invalid_request"),
-                 "message": "too many scans from this key or address; try again in a minute" if status == 429
-                 else (exc.description or exc.name)}
+        error = {
+            "code": CODES.get(status, "invalid_request"),
+            "message": "too many scans from this key or address; try again in a minute"
+            if status == 429
+            else (exc.description or exc.name),
+        }
         headers = {"Retry-After": "60"} if status == 429 else {}
     response = _form_page(status, error, g.get("form_url", ""))
     response.headers.update(headers)

@@ -69,8 +69,12 @@ class Recovery:
         with session_scope(s.database_url) as session:
             if client is not None and broker_lost_before is None and self._nothing_missing(client, session):
                 queued_before = EPOCH  # a long queue is not a lost one: leave old queued scans where they are
-            lost = jobs.lost_scans(session, stale_before=now - dt.timedelta(seconds=s.stale_after_s),
-                                   queued_before=queued_before, broker_lost_before=broker_lost_before)
+            lost = jobs.lost_scans(
+                session,
+                stale_before=now - dt.timedelta(seconds=s.stale_after_s),
+                queued_before=queued_before,
+                broker_lost_before=broker_lost_before,
+            )
         sent = 0
         for scan_id, old_task_id in lost:
             with session_scope(s.database_url) as session:

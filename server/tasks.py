@@ -45,11 +45,18 @@ def celery_config(settings: ServerSettings) -> dict:
         "task_time_limit": settings.task_time_limit_s,
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": 3,
-        "broker_transport_options": ({"visibility_timeout": settings.visibility_timeout_s, "socket_timeout": 5,
-                                      "socket_connect_timeout": 3, "retry_on_timeout": True} if redis else {}),
+        "broker_transport_options": (
+            {
+                "visibility_timeout": settings.visibility_timeout_s,
+                "socket_timeout": 5,
+                "socket_connect_timeout": 3,
+                "retry_on_timeout": True,
+            }
+            if redis
+            else {}
+        ),
         # An enqueue must fail fast (503) when the broker is down, not hang the request.
-        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                                      "interval_max": 0.5},
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": False,
     }
@@ -83,8 +90,9 @@ def publish(scan_id: str, task_id: str) -> None:
     """Send one scan's task; raises kombu's OperationalError when the broker is unreachable."""
     # No time limits in the message: each worker applies its own settings' (a message would otherwise carry the
     # limits the sending process bound when it first configured Celery, whatever its settings are now).
-    scan_task.apply_async(args=[scan_id], task_id=task_id, queue=settings().queue, time_limit=None,
-                          soft_time_limit=None)
+    scan_task.apply_async(
+        args=[scan_id], task_id=task_id, queue=settings().queue, time_limit=None, soft_time_limit=None
+    )
 
 
 # --- the scanners of this process ----------------------------------------------------------------------------------
@@ -221,8 +229,7 @@ def _publish_quietly(scan_id: str, task_id: str) -> None:
 def _failed(url: str, code: str, message: str, file_name: str | None = None) -> dict:
     from scanner.verdict import failed_document
 
-    source = {"url": url, "title": None, "duration_s": None, "width": None, "height": None, "fps": None,
-              "sha256": None}
+    source = {"url": url, "title": None, "duration_s": None, "width": None, "height": None, "fps": None, "sha256": None}
     if file_name is not None:
         from server.uploads import upload_source
 
@@ -242,8 +249,9 @@ def _record_timings(s: ServerSettings, document: dict) -> None:
         log.info("stage timings not recorded: %s", exc)
 
 
-@celery_app.task(name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
-                 max_retries=None)
+@celery_app.task(
+    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None
+)
 def scan_task(self, scan_id: str) -> str:
     s = settings()
     task_id = self.request.id
@@ -256,9 +264,16 @@ def scan_task(self, scan_id: str) -> str:
 
     file_name = uploads.upload_name(s, scan_id) if claim.url.startswith("upload:") else None
     if claim.attempts > s.max_attempts:
-        jobs.finish(s.database_url, scan_id, _failed(
-            claim.url, "internal_error", f"gave up after {s.max_attempts} attempts: the scan kept crashing or "
-                                         "timing out its worker", file_name))
+        jobs.finish(
+            s.database_url,
+            scan_id,
+            _failed(
+                claim.url,
+                "internal_error",
+                f"gave up after {s.max_attempts} attempts: the scan kept crashing or timing out its worker",
+                file_name,
+            ),
+        )
         if file_name is not None:
             uploads.remove_stored(s, scan_id)
         return "failed"
@@ -282,20 +297,23 @@ def scan_task(self, scan_id: str) -> str:
             else:
                 document = get_scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
         except SoftTimeLimitExceeded:
-            document = _failed(claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s",
-                               file_name)
+            document = _failed(
+                claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s", file_name
+            )
         except Exception:
             log.exception("scan %s crashed", scan_id)
             document = _failed(claim.url, "internal_error", "the scan failed unexpectedly; it was logged", file_name)
 
     error = document.get("error") or {}
     if document.get("status") == "failed" and error.get("retryable") and claim.attempts < s.max_attempts:
-        log.info("scan %s: %s (attempt %d of %d), retrying", scan_id, error.get("code"), claim.attempts,
-                 s.max_attempts)
+        log.info("scan %s: %s (attempt %d of %d), retrying", scan_id, error.get("code"), claim.attempts, s.max_attempts)
         jobs.back_to_queue(s.database_url, scan_id, task_id)
         return _retry(self, s, scan_id, task_id, _backoff(s, claim.attempts))
-    if jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None) and not reused \
-            and document.get("status") == "done":
+    if (
+        jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None)
+        and not reused
+        and document.get("status") == "done"
+    ):
         _record_timings(s, document)
     if file_name is not None:  # the scan is final: its upload is not needed any more
         uploads.remove_stored(s, scan_id)

@@ -51,8 +51,12 @@ class AugmentConfig:
 
     def __post_init__(self):
         checks = {
-            "rotation": 0 <= self.rotation <= 180, "zoom": 0 <= self.zoom < 1, "brightness": 0 <= self.brightness <= 1,
-            "hue": 0 <= self.hue <= 0.5, "blur_prob": 0 <= self.blur_prob <= 1, "jpeg_prob": 0 <= self.jpeg_prob <= 1,
+            "rotation": 0 <= self.rotation <= 180,
+            "zoom": 0 <= self.zoom < 1,
+            "brightness": 0 <= self.brightness <= 1,
+            "hue": 0 <= self.hue <= 0.5,
+            "blur_prob": 0 <= self.blur_prob <= 1,
+            "jpeg_prob": 0 <= self.jpeg_prob <= 1,
             "downscale_prob": 0 <= self.downscale_prob <= 1,
             "downscale_factor": 0.05 <= self.downscale_factor[0] <= self.downscale_factor[1] <= 1,
             "blur_sigma": 0 < self.blur_sigma[0] <= self.blur_sigma[1] <= 5,
@@ -60,8 +64,9 @@ class AugmentConfig:
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
-            raise InvalidInputError("augmentation setting(s) out of range: "
-                                    + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad))
+            raise InvalidInputError(
+                "augmentation setting(s) out of range: " + ", ".join(f"{n}={getattr(self, n)!r}" for n in bad)
+            )
 
     @classmethod
     def none(cls) -> AugmentConfig:
@@ -129,8 +134,9 @@ def _augment_one(x: np.ndarray, c: AugmentConfig, rng: np.random.Generator, cv2)
     if c.downscale_prob > 0 and down_u < c.downscale_prob:
         f = c.downscale_factor[0] + factor * (c.downscale_factor[1] - c.downscale_factor[0])
         small = (max(1, round(width * f)), max(1, round(height * f)))
-        x = cv2.resize(cv2.resize(x, small, interpolation=cv2.INTER_AREA), (width, height),
-                       interpolation=cv2.INTER_LINEAR)
+        x = cv2.resize(
+            cv2.resize(x, small, interpolation=cv2.INTER_AREA), (width, height), interpolation=cv2.INTER_LINEAR
+        )
     if c.jpeg_prob > 0 and jpeg_u < c.jpeg_prob:
         q = int(c.jpeg_quality[0] + quality * (c.jpeg_quality[1] - c.jpeg_quality[0] + 1))
         _, data = cv2.imencode(".jpg", x[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, min(q, c.jpeg_quality[1])])

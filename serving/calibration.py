@@ -24,10 +24,12 @@ MAX_BAND = 0.45
 MIN_DECIDED = 0.2
 BAND_STEP = 0.0025
 BAND_TARGET = 0.9
-BAND_RULE = ("the smallest band around the threshold (calibrated scale), among those that leave at least "
-             f"{MIN_DECIDED:.0%} of the validation crops decided, outside which `fake` calls and `real` calls are each "
-             "right at least {target:.0%} of the time; if none reaches that, the one with the best worse-side "
-             "precision")
+BAND_RULE = (
+    "the smallest band around the threshold (calibrated scale), among those that leave at least "
+    f"{MIN_DECIDED:.0%} of the validation crops decided, outside which `fake` calls and `real` calls are each "
+    "right at least {target:.0%} of the time; if none reaches that, the one with the best worse-side "
+    "precision"
+)
 
 
 def _logit(p: np.ndarray) -> np.ndarray:
@@ -81,10 +83,15 @@ def fit_platt(labels: np.ndarray, scores: np.ndarray) -> dict:
     fitted = {"method": "platt", "a": a, "b": b}
     after = calibrate(scores, fitted)
     raw = np.asarray(scores, np.float64)
-    return {**fitted, "fitted_on": "validation split", "n": len(labels),
-            "log_loss_before": round(_nll(labels, raw), 6), "log_loss_after": round(_nll(labels, after), 6),
-            "ece_before": round(expected_calibration_error(labels, raw), 6),
-            "ece_after": round(expected_calibration_error(labels, after), 6)}
+    return {
+        **fitted,
+        "fitted_on": "validation split",
+        "n": len(labels),
+        "log_loss_before": round(_nll(labels, raw), 6),
+        "log_loss_after": round(_nll(labels, after), 6),
+        "ece_before": round(expected_calibration_error(labels, raw), 6),
+        "ece_after": round(expected_calibration_error(labels, after), 6),
+    }
 
 
 def label_outcomes(labels: np.ndarray, scores: np.ndarray, threshold: float, band: float) -> dict:
@@ -100,9 +107,14 @@ def label_outcomes(labels: np.ndarray, scores: np.ndarray, threshold: float, ban
         right = int((labels[mask] == truth).sum())
         return {"n": count, "right": right, "precision": round(right / count, 4) if count else None}
 
-    return {"fake": side(fake, 1), "real": side(real, 0),
-            "uncertain": {"n": int(n - fake.sum() - real.sum()),
-                          "share": round(float(1 - (fake.sum() + real.sum()) / n), 4)}}
+    return {
+        "fake": side(fake, 1),
+        "real": side(real, 0),
+        "uncertain": {
+            "n": int(n - fake.sum() - real.sum()),
+            "share": round(float(1 - (fake.sum() + real.sum()) / n), 4),
+        },
+    }
 
 
 def choose_band(labels: np.ndarray, scores: np.ndarray, threshold: float, target: float = BAND_TARGET) -> dict:
@@ -118,13 +130,23 @@ def choose_band(labels: np.ndarray, scores: np.ndarray, threshold: float, target
         if 1 - out["uncertain"]["share"] < MIN_DECIDED:
             break
         if None not in precisions and worse >= target:
-            return {"band": band, "target": target, "target_met": True, "rule": BAND_RULE.format(target=target),
-                    "validation": out}
+            return {
+                "band": band,
+                "target": target,
+                "target_met": True,
+                "rule": BAND_RULE.format(target=target),
+                "validation": out,
+            }
         if best is None or worse > best[0] + 1e-9:
             best = (worse, band, out)
     worse, band, out = best if best is not None else (0.0, 0.0, label_outcomes(labels, scores, threshold, 0.0))
-    return {"band": band, "target": target, "target_met": False, "rule": BAND_RULE.format(target=target),
-            "validation": out}
+    return {
+        "band": band,
+        "target": target,
+        "target_met": False,
+        "rule": BAND_RULE.format(target=target),
+        "validation": out,
+    }
 
 
 def threshold_after(calibration: dict | None, threshold: float) -> float:

@@ -45,8 +45,11 @@ def _values(variables) -> list[np.ndarray]:
 
 def save(path: Path, model, state: LoopState, best_weights: list[np.ndarray] | None) -> None:
     arrays: dict[str, np.ndarray] = {"meta": np.array(json.dumps({"format": FORMAT, "state": asdict(state)}))}
-    for prefix, values in (("model", _values(model.variables)), ("optimizer", _values(model.optimizer.variables)),
-                           ("best", best_weights or [])):
+    for prefix, values in (
+        ("model", _values(model.variables)),
+        ("optimizer", _values(model.optimizer.variables)),
+        ("best", best_weights or []),
+    ):
         arrays.update({f"{prefix}_{i:04d}": value for i, value in enumerate(values)})
     staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

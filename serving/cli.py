@@ -92,8 +92,9 @@ def models_list(as_json: bool) -> None:
     for row in rows:
         mark = "installed" if row["installed"] else "not installed"
         default = "  (default)" if row["default"] else ""
-        click.echo(f"{row['name']:<22} {row['arch']:<15} v{row['version']}  threshold {row['threshold']:.3f}  "
-                   f"{mark}{default}")
+        click.echo(
+            f"{row['name']:<22} {row['arch']:<15} v{row['version']}  threshold {row['threshold']:.3f}  {mark}{default}"
+        )
         click.echo(f"    {row['provenance']}")
         click.echo(f"    licence: {row['licence']}")
 
@@ -118,15 +119,30 @@ def models_fetch(names: tuple[str, ...]) -> None:
 @click.command()
 @click.argument("names", nargs=-1)
 @click.option("--all", "all_models", is_flag=True, help="Export every registered model.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Model base directory; each model goes to OUT/<name>/<version>/.")
-@click.option("--write-config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write TF Serving's models.config for these models (every registered one when none is named), "
-                   "e.g. serving/models.config.")
-@click.option("--base-path", default="/models", show_default=True,
-              help="The model base directory as TF Serving sees it (base_path prefix in the models config).")
-def export(names: tuple[str, ...], all_models: bool, out_dir: Path | None, config_file: Path | None,
-           base_path: str) -> None:
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Model base directory; each model goes to OUT/<name>/<version>/.",
+)
+@click.option(
+    "--write-config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write TF Serving's models.config for these models (every registered one when none is named), "
+    "e.g. serving/models.config.",
+)
+@click.option(
+    "--base-path",
+    default="/models",
+    show_default=True,
+    help="The model base directory as TF Serving sees it (base_path prefix in the models config).",
+)
+def export(
+    names: tuple[str, ...], all_models: bool, out_dir: Path | None, config_file: Path | None, base_path: str
+) -> None:
     """Export models as SavedModels in TF Serving's layout (signatures `serving_default` and `jpeg`).
 
     Export NAMES (or --all) to --out; and/or write TF Serving's models config with --write-config.
@@ -179,14 +195,28 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
         scores = predictor.predict(faces)
         spec = predictor.spec
     results = [
-        {"image": str(path), "fake_probability": round(float(score), 6),
-         "label": "fake" if score >= spec.threshold else "real"}
+        {
+            "image": str(path),
+            "fake_probability": round(float(score), 6),
+            "label": "fake" if score >= spec.threshold else "real",
+        }
         for path, score in zip(images, scores, strict=True)
     ]
     if as_json:
-        click.echo(json.dumps({"model": {"name": spec.name, "version": spec.version,
-                                         "threshold": spec.threshold, "backend": settings.model_backend},
-                               "results": results}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "model": {
+                        "name": spec.name,
+                        "version": spec.version,
+                        "threshold": spec.threshold,
+                        "backend": settings.model_backend,
+                    },
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
         return
     for r in results:
         click.echo(f"{r['fake_probability']:.4f}  {r['label']:<4}  {r['image']}")
@@ -196,15 +226,28 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="A crops folder with labels.csv, or real/ and fake/ folders.")
-@click.option("--split", default=None,
-              help="Only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation split "
-                   "the trained models recorded (other models are scored on it too).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="A crops folder with labels.csv, or real/ and fake/ folders.",
+)
+@click.option(
+    "--split",
+    default=None,
+    help="Only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation split "
+    "the trained models recorded (other models are scored on it too).",
+)
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Average each crop's score with that of the horizontally flipped crop.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Write metrics.json, scores.csv, roc.png and hist_<model>.png into this directory.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Write metrics.json, scores.csv, roc.png and hist_<model>.png into this directory.",
+)
 def evaluate(data_dir: Path, split: str | None, model_names: str | None, tta: bool, out_dir: Path | None) -> None:
     """Crop-level ROC AUC, equal error rate, accuracy and confusion counts of one or more models, side by side."""
     from serving.config import get_settings
@@ -240,29 +283,53 @@ def _range(kind: type):
 
 
 @click.command()
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="Crops: labels.csv (filename,label[,cluster][,split]; rows of split `test` are never used) or "
-                   "real/ and fake/ folders.")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="Crops: labels.csv (filename,label[,cluster][,split]; rows of split `test` are never used) or "
+    "real/ and fake/ folders.",
+)
 @click.option("--name", required=True, help="Register the result as this model name.")
 @click.option("--arch", type=click.Choice(["meso4", "mesoinception4"]), default=None, help="Architecture to train.")
-@click.option("--ensemble", "members", default=None,
-              help="Instead of training: register NAME as the mean of these comma-separated trained models, its "
-                   "threshold chosen on their shared validation split of --data.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).")
+@click.option(
+    "--ensemble",
+    "members",
+    default=None,
+    help="Instead of training: register NAME as the mean of these comma-separated trained models, its "
+    "threshold chosen on their shared validation split of --data.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).",
+)
 @click.option("--epochs", type=int, default=20, show_default=True)
 @click.option("--batch-size", type=int, default=75, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Initial learning rate.")
-@click.option("--schedule", type=click.Choice(["step", "cosine", "constant"]), default="step", show_default=True,
-              help="step: the paper's, divided by 10 every --step-every iterations down to --min-lr; "
-                   "cosine: cosine decay to --min-lr over the run.")
+@click.option(
+    "--schedule",
+    type=click.Choice(["step", "cosine", "constant"]),
+    default="step",
+    show_default=True,
+    help="step: the paper's, divided by 10 every --step-every iterations down to --min-lr; "
+    "cosine: cosine decay to --min-lr over the run.",
+)
 @click.option("--step-every", type=int, default=1000, show_default=True)
 @click.option("--min-lr", "min_learning_rate", type=float, default=1e-6, show_default=True)
 @click.option("--warmup-epochs", type=int, default=0, show_default=True, help="Linear warm-up (cosine schedule).")
 @click.option("--val-fraction", type=float, default=0.1, show_default=True, help="Share of clusters validated on.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--patience", type=int, default=10, show_default=True,
-              help="Stop after this many epochs without a better validation ROC AUC.")
+@click.option(
+    "--patience",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Stop after this many epochs without a better validation ROC AUC.",
+)
 @click.option("--class-weight", type=click.Choice(["balanced", "none"]), default="balanced", show_default=True)
 @click.option("--flip/--no-flip", default=True, show_default=True, help="Random horizontal flips.")
 @click.option("--rotation", type=float, default=15.0, show_default=True, help="Max rotation, degrees.")
@@ -270,35 +337,87 @@ def _range(kind: type):
 @click.option("--brightness", type=float, default=0.1, show_default=True, help="Max brightness shift (×255).")
 @click.option("--hue", type=float, default=0.05, show_default=True, help="Max hue rotation (fraction of circle).")
 @click.option("--blur-prob", type=float, default=0.0, show_default=True, help="Share of crops blurred.")
-@click.option("--blur-sigma", default="0.3-1.5", show_default=True, callback=_range(float),
-              help="Blur sigma range, pixels.")
+@click.option(
+    "--blur-sigma", default="0.3-1.5", show_default=True, callback=_range(float), help="Blur sigma range, pixels."
+)
 @click.option("--jpeg-prob", type=float, default=0.0, show_default=True, help="Share of crops JPEG re-compressed.")
-@click.option("--jpeg-quality", default="30-90", show_default=True, callback=_range(int),
-              help="JPEG re-compression quality range.")
-@click.option("--downscale-prob", type=float, default=0.0, show_default=True,
-              help="Share of crops shrunk and scaled back up (lost resolution).")
-@click.option("--downscale-factor", default="0.3-0.8", show_default=True, callback=_range(float),
-              help="Range of the shrunk side, as a fraction of the crop's.")
+@click.option(
+    "--jpeg-quality",
+    default="30-90",
+    show_default=True,
+    callback=_range(int),
+    help="JPEG re-compression quality range.",
+)
+@click.option(
+    "--downscale-prob",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Share of crops shrunk and scaled back up (lost resolution).",
+)
+@click.option(
+    "--downscale-factor",
+    default="0.3-0.8",
+    show_default=True,
+    callback=_range(float),
+    help="Range of the shrunk side, as a fraction of the crop's.",
+)
 @click.option("--no-augment", is_flag=True, help="Turn every augmentation off.")
 @click.option("--mixed-precision", is_flag=True, help="Compute in bfloat16 (weights stay float32).")
 @click.option("--steps-per-epoch", type=int, default=None, help="Default: one pass over the training crops.")
 @click.option("--limit", type=int, default=None, help="Use at most this many crops (whole clusters): quick trials.")
-@click.option("--rows", default=None, callback=_range(int),
-              help="Only these data rows of labels.csv, FIRST-LAST (1-based), e.g. 1-16000.")
+@click.option(
+    "--rows",
+    default=None,
+    callback=_range(int),
+    help="Only these data rows of labels.csv, FIRST-LAST (1-based), e.g. 1-16000.",
+)
 @click.option("--description", default="", help="One line for the model card.")
-@click.option("--data-description", default=None,
-              help="What the crops are, for the card (default: the DFDC crops MesoScan develops with).")
-@click.option("--licence", default=None,
-              help="The trained weights' terms (default: DFDC's, non-commercial research only).")
-def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_dir: Path | None, epochs: int,
-          batch_size: int, learning_rate: float, schedule: str, step_every: int, min_learning_rate: float,
-          warmup_epochs: int, val_fraction: float, seed: int, patience: int, class_weight: str, flip: bool,
-          rotation: float, zoom: float, brightness: float, hue: float, blur_prob: float,
-          blur_sigma: tuple[float, float], jpeg_prob: float, jpeg_quality: tuple[int, int], downscale_prob: float,
-          downscale_factor: tuple[float, float], no_augment: bool,
-          mixed_precision: bool, steps_per_epoch: int | None, limit: int | None,
-          rows: tuple[int, int] | None, description: str, data_description: str | None,
-          licence: str | None) -> None:
+@click.option(
+    "--data-description",
+    default=None,
+    help="What the crops are, for the card (default: the DFDC crops MesoScan develops with).",
+)
+@click.option(
+    "--licence", default=None, help="The trained weights' terms (default: DFDC's, non-commercial research only)."
+)
+def train(
+    data_dir: Path,
+    name: str,
+    arch: str | None,
+    members: str | None,
+    out_dir: Path | None,
+    epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    schedule: str,
+    step_every: int,
+    min_learning_rate: float,
+    warmup_epochs: int,
+    val_fraction: float,
+    seed: int,
+    patience: int,
+    class_weight: str,
+    flip: bool,
+    rotation: float,
+    zoom: float,
+    brightness: float,
+    hue: float,
+    blur_prob: float,
+    blur_sigma: tuple[float, float],
+    jpeg_prob: float,
+    jpeg_quality: tuple[int, int],
+    downscale_prob: float,
+    downscale_factor: tuple[float, float],
+    no_augment: bool,
+    mixed_precision: bool,
+    steps_per_epoch: int | None,
+    limit: int | None,
+    rows: tuple[int, int] | None,
+    description: str,
+    data_description: str | None,
+    licence: str | None,
+) -> None:
     """Train MesoNet on labelled face crops (validation split by cluster) and register the model as NAME.
 
     Writes NAME.weights.h5, NAME.json (recipe, data, validation metrics, threshold at the equal error rate) and
@@ -316,9 +435,17 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
             raise click.UsageError("--ensemble combines trained models: leave out --arch")
         from serving.train import register_ensemble
 
-        result = register_ensemble(name, [m.strip() for m in members.split(",") if m.strip()], data_dir, out_dir,
-                                   settings, description=description, progress=True, invocation=invocation,
-                                   rows=rows)
+        result = register_ensemble(
+            name,
+            [m.strip() for m in members.split(",") if m.strip()],
+            data_dir,
+            out_dir,
+            settings,
+            description=description,
+            progress=True,
+            invocation=invocation,
+            rows=rows,
+        )
     else:
         if not arch:
             raise click.UsageError("--arch is required (or --ensemble MODELS)")
@@ -326,19 +453,49 @@ def train(data_dir: Path, name: str, arch: str | None, members: str | None, out_
         from serving.train import TrainConfig
         from serving.train import train as run_training
 
-        augment = AugmentConfig.none() if no_augment else AugmentConfig(
-            flip=flip, rotation=rotation, zoom=zoom, brightness=brightness, hue=hue, blur_prob=blur_prob,
-            blur_sigma=blur_sigma, jpeg_prob=jpeg_prob, jpeg_quality=jpeg_quality,
-            downscale_prob=downscale_prob, downscale_factor=downscale_factor)
+        augment = (
+            AugmentConfig.none()
+            if no_augment
+            else AugmentConfig(
+                flip=flip,
+                rotation=rotation,
+                zoom=zoom,
+                brightness=brightness,
+                hue=hue,
+                blur_prob=blur_prob,
+                blur_sigma=blur_sigma,
+                jpeg_prob=jpeg_prob,
+                jpeg_quality=jpeg_quality,
+                downscale_prob=downscale_prob,
+                downscale_factor=downscale_factor,
+            )
+        )
         config = TrainConfig(
-            data_dir=data_dir, arch=arch, name=name, epochs=epochs, batch_size=batch_size,
-            learning_rate=learning_rate, schedule=schedule, step_every=step_every,
-            min_learning_rate=min_learning_rate, warmup_epochs=warmup_epochs, val_fraction=val_fraction, seed=seed,
-            patience=patience, class_weight=class_weight, augment=augment, mixed_precision=mixed_precision,
-            steps_per_epoch=steps_per_epoch, limit=limit, rows=rows, description=description,
-            **{k: v for k, v in {"data_description": data_description, "licence": licence}.items() if v})
-        result = run_training(config, out_dir, settings, progress=True, invocation=invocation,
-                              measure_crop=measure_crop)
+            data_dir=data_dir,
+            arch=arch,
+            name=name,
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            schedule=schedule,
+            step_every=step_every,
+            min_learning_rate=min_learning_rate,
+            warmup_epochs=warmup_epochs,
+            val_fraction=val_fraction,
+            seed=seed,
+            patience=patience,
+            class_weight=class_weight,
+            augment=augment,
+            mixed_precision=mixed_precision,
+            steps_per_epoch=steps_per_epoch,
+            limit=limit,
+            rows=rows,
+            description=description,
+            **{k: v for k, v in {"data_description": data_description, "licence": licence}.items() if v},
+        )
+        result = run_training(
+            config, out_dir, settings, progress=True, invocation=invocation, measure_crop=measure_crop
+        )
     _report_registered(result)
 
 
@@ -348,12 +505,26 @@ MEASURE_CROP = "mesoscan.measure_crop"
 
 @click.command()
 @click.argument("name")
-@click.option("--data", "data_dir", type=click.Path(file_okay=False, exists=True, path_type=Path), required=True,
-              help="The crops the model was trained on (its recorded validation split is re-derived and checked).")
-@click.option("--rows", default=None, callback=_range(int),
-              help="For a model trained before rows were recorded: the labels.csv rows it used, e.g. 1-16000.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).")
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    required=True,
+    help="The crops the model was trained on (its recorded validation split is re-derived and checked).",
+)
+@click.option(
+    "--rows",
+    default=None,
+    callback=_range(int),
+    help="For a model trained before rows were recorded: the labels.csv rows it used, e.g. 1-16000.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to register it (default: <models_dir>/trained; serving/weights to ship it).",
+)
 def calibrate(name: str, data_dir: Path, rows: tuple[int, int] | None, out_dir: Path | None) -> None:
     """Fit NAME's calibration, threshold and `uncertain` band on its validation split (same weights) and record
     its training crops' geometry; registers the next version of NAME."""
@@ -362,18 +533,29 @@ def calibrate(name: str, data_dir: Path, rows: tuple[int, int] | None, out_dir: 
     from serving.config import get_settings
     from serving.train import recalibrate
 
-    result = recalibrate(name, data_dir, out_dir, get_settings(), rows=rows,
-                         measure_crop=click.get_current_context().meta.get(MEASURE_CROP), progress=True,
-                         invocation=shlex.join(sys.argv))
+    result = recalibrate(
+        name,
+        data_dir,
+        out_dir,
+        get_settings(),
+        rows=rows,
+        measure_crop=click.get_current_context().meta.get(MEASURE_CROP),
+        progress=True,
+        invocation=shlex.join(sys.argv),
+    )
     _report_registered(result)
 
 
 def _report_registered(result) -> None:
     meta, val = result.metadata, result.metadata["metrics"]["validation"]
     click.echo(f"registered {meta['name']} v{meta['version']}: {result.metadata_path}")
-    click.echo(f"validation ({val['n']} crops): ROC AUC {val['roc_auc']:.4f}, EER {val['eer']:.4f}, "
-               f"accuracy {val['accuracy']:.4f} at threshold {meta['threshold']:.4f}"
-               + (f" (best epoch {val['best_epoch']})" if "best_epoch" in val else ""))
+    click.echo(
+        f"validation ({val['n']} crops): ROC AUC {val['roc_auc']:.4f}, EER {val['eer']:.4f}, "
+        f"accuracy {val['accuracy']:.4f} at threshold {meta['threshold']:.4f}"
+        + (f" (best epoch {val['best_epoch']})" if "best_epoch" in val else "")
+    )
     if "band" in meta:
-        click.echo(f"uncertain band ±{meta['band']['band']:.4f} (target met: {meta['band']['target_met']}); "
-                   f"crop margin {meta.get('crop', {}).get('margin')}")
+        click.echo(
+            f"uncertain band ±{meta['band']['band']:.4f} (target met: {meta['band']['target_met']}); "
+            f"crop margin {meta.get('crop', {}).get('margin')}"
+        )

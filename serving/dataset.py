@@ -57,8 +57,15 @@ def read_crops(data_dir: Path, split: str | None = None, exclude: Sequence[str] 
                 path = data_dir / row["filename"]
                 if not path.is_file() and row_split:
                     path = data_dir / row_split / row["filename"]
-                crops.append(LabelledCrop(path, int(label == "FAKE"), (row.get("cluster") or "").strip()
-                                          or row["filename"], row_split, number))
+                crops.append(
+                    LabelledCrop(
+                        path,
+                        int(label == "FAKE"),
+                        (row.get("cluster") or "").strip() or row["filename"],
+                        row_split,
+                        number,
+                    )
+                )
     else:
         for label in ("real", "fake"):
             folder = data_dir / label
@@ -68,8 +75,10 @@ def read_crops(data_dir: Path, split: str | None = None, exclude: Sequence[str] 
                     cluster = f"{label}/{parts[0]}" if len(parts) > 1 else f"{label}/{path.stem}"
                     crops.append(LabelledCrop(path, int(label == "fake"), cluster, split))
     if not crops:
-        raise InvalidInputError(f"{data_dir}: no labelled crops found (need labels.csv, or real/ and fake/ folders)"
-                                + (f" for split {split!r}" if split else ""))
+        raise InvalidInputError(
+            f"{data_dir}: no labelled crops found (need labels.csv, or real/ and fake/ folders)"
+            + (f" for split {split!r}" if split else "")
+        )
     return crops
 
 
@@ -77,8 +86,9 @@ def _cluster_rank(cluster: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{cluster}".encode()).hexdigest()
 
 
-def split_by_cluster(crops: Sequence[LabelledCrop], val_fraction: float,
-                     seed: int) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
+def split_by_cluster(
+    crops: Sequence[LabelledCrop], val_fraction: float, seed: int
+) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
     """(train, validation): whole clusters go to validation, never single images.
 
     Clusters are ordered by a hash of (seed, cluster name), so the split depends only on the seed and the cluster

@@ -21,8 +21,15 @@ from serving.config import ServingSettings, get_settings
 from serving.contract import DEFAULT_SIGNATURE, IMAGE_SIZE, IMAGES_INPUT, JPEG_INPUT, JPEG_SIGNATURE, OUTPUT
 from serving.registry import get_model, load_keras_model
 
-__all__ = ["DEFAULT_SIGNATURE", "IMAGES_INPUT", "JPEG_INPUT", "JPEG_SIGNATURE", "OUTPUT", "build_archive",
-           "export_model"]
+__all__ = [
+    "DEFAULT_SIGNATURE",
+    "IMAGES_INPUT",
+    "JPEG_INPUT",
+    "JPEG_SIGNATURE",
+    "OUTPUT",
+    "build_archive",
+    "export_model",
+]
 
 
 def build_archive(model):
@@ -47,10 +54,14 @@ def build_archive(model):
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(DEFAULT_SIGNATURE, score, input_signature=[
-        tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=IMAGES_INPUT)])
-    archive.add_endpoint(JPEG_SIGNATURE, score_encoded, input_signature=[
-        tf.TensorSpec([None], tf.string, name=JPEG_INPUT)])
+    archive.add_endpoint(
+        DEFAULT_SIGNATURE,
+        score,
+        input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8, name=IMAGES_INPUT)],
+    )
+    archive.add_endpoint(
+        JPEG_SIGNATURE, score_encoded, input_signature=[tf.TensorSpec([None], tf.string, name=JPEG_INPUT)]
+    )
     return archive
 
 

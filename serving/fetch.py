@@ -26,8 +26,9 @@ def sha256_of(path: Path) -> str:
 
 def _session(retries: int) -> requests.Session:
     session = requests.Session()
-    retry = Retry(total=retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
-                  allowed_methods=("GET",))
+    retry = Retry(
+        total=retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504), allowed_methods=("GET",)
+    )
     session.mount("http://", HTTPAdapter(max_retries=retry))
     session.mount("https://", HTTPAdapter(max_retries=retry))
     return session

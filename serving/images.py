@@ -31,8 +31,9 @@ def resize_faces(images, size: int = IMAGE_SIZE):
     """
     from keras import ops
 
-    resized = ops.image.resize(ops.cast(images, "float32"), (size, size), interpolation="bilinear",
-                               antialias=True, crop_to_aspect_ratio=True)
+    resized = ops.image.resize(
+        ops.cast(images, "float32"), (size, size), interpolation="bilinear", antialias=True, crop_to_aspect_ratio=True
+    )
     return ops.cast(ops.clip(ops.round(resized), 0, 255), "uint8")
 
 
@@ -53,8 +54,9 @@ def _compiled_resize(size: int):
         return lambda image: ops.convert_to_numpy(resize_faces(image[None], size))[0]
     import tensorflow as tf
 
-    return tf.function(lambda image: resize_faces(image[None], size)[0],
-                       input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)])
+    return tf.function(
+        lambda image: resize_faces(image[None], size)[0], input_signature=[tf.TensorSpec([None, None, 3], tf.uint8)]
+    )
 
 
 def decode_image(data: bytes, what: str = "image"):

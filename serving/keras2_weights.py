@@ -45,11 +45,7 @@ def _by_type_rank(names: list[str], where: str) -> dict[tuple[str, int], str]:
     for name in names:
         kind, n = _split(name, where)
         counters.setdefault(kind, []).append(n)
-    return {
-        (kind, rank): f"{kind}_{n}"
-        for kind, ns in counters.items()
-        for rank, n in enumerate(sorted(ns), start=1)
-    }
+    return {(kind, rank): f"{kind}_{n}" for kind, ns in counters.items() for rank, n in enumerate(sorted(ns), start=1)}
 
 
 def _decode(values) -> list[str]:

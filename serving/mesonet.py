@@ -71,8 +71,9 @@ def _inception(x, a: int, b: int, c: int, d: int, block: int, first_conv: int):
     n = iter(range(first_conv, first_conv + 7))
 
     def conv(t, filters, kernel, dilation=1):
-        return layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, activation="relu",
-                             name=f"conv2d_{next(n)}")(t)
+        return layers.Conv2D(
+            filters, kernel, padding="same", dilation_rate=dilation, activation="relu", name=f"conv2d_{next(n)}"
+        )(t)
 
     x1 = conv(x, a, 1)
     x2 = conv(conv(x, b, 1), b, 3)

@@ -49,13 +49,17 @@ def _data_section(meta: dict) -> list[str]:
     split = data.get("split", {})
     lines = ["## Data", "", data.get("description", ""), ""]
     if data.get("data_dir"):
-        lines += [f"- Folder: `{data['data_dir']}`" + (f" (labels.csv sha256 `{data['labels_csv_sha256']}`)"
-                                                        if data.get("labels_csv_sha256") else "")]
+        lines += [
+            f"- Folder: `{data['data_dir']}`"
+            + (f" (labels.csv sha256 `{data['labels_csv_sha256']}`)" if data.get("labels_csv_sha256") else "")
+        ]
     for side in ("train", "validation"):
         s = data.get(side)
         if s:
-            lines.append(f"- {side.capitalize()}: {s['crops']} crops ({s['fake']} fake, {s['real']} real) "
-                         f"from {s['clusters']} clusters")
+            lines.append(
+                f"- {side.capitalize()}: {s['crops']} crops ({s['fake']} fake, {s['real']} real) "
+                f"from {s['clusters']} clusters"
+            )
     excluded = ", ".join(split.get("excluded_splits", [])) or "none"
     if data.get("rows"):
         lines.append(f"- labels.csv data rows used (1-based, train and validation together): {data['rows']}")
@@ -81,21 +85,33 @@ def _recipe(meta: dict) -> list[str]:
     if not cfg:
         return []
     a = cfg.get("augment", {})
-    aug = ["horizontal flip" if a.get("flip") else None,
-           f"rotation ±{a.get('rotation')}°" if a.get("rotation") else None,
-           f"zoom ±{a.get('zoom')}" if a.get("zoom") else None,
-           f"brightness ±{a.get('brightness')}" if a.get("brightness") else None,
-           f"hue ±{a.get('hue')}" if a.get("hue") else None,
-           (f"Gaussian blur p={a.get('blur_prob')} σ {a['blur_sigma'][0]}–{a['blur_sigma'][1]} px"
-            if a.get("blur_prob") else None),
-           (f"downscale then upscale p={a.get('downscale_prob')} to "
-            f"{a['downscale_factor'][0]}–{a['downscale_factor'][1]} of the side" if a.get("downscale_prob") else None),
-           (f"JPEG re-compression p={a.get('jpeg_prob')} quality {a['jpeg_quality'][0]}–{a['jpeg_quality'][1]}"
-            if a.get("jpeg_prob") else None)]
+    aug = [
+        "horizontal flip" if a.get("flip") else None,
+        f"rotation ±{a.get('rotation')}°" if a.get("rotation") else None,
+        f"zoom ±{a.get('zoom')}" if a.get("zoom") else None,
+        f"brightness ±{a.get('brightness')}" if a.get("brightness") else None,
+        f"hue ±{a.get('hue')}" if a.get("hue") else None,
+        (
+            f"Gaussian blur p={a.get('blur_prob')} σ {a['blur_sigma'][0]}–{a['blur_sigma'][1]} px"
+            if a.get("blur_prob")
+            else None
+        ),
+        (
+            f"downscale then upscale p={a.get('downscale_prob')} to "
+            f"{a['downscale_factor'][0]}–{a['downscale_factor'][1]} of the side"
+            if a.get("downscale_prob")
+            else None
+        ),
+        (
+            f"JPEG re-compression p={a.get('jpeg_prob')} quality {a['jpeg_quality'][0]}–{a['jpeg_quality'][1]}"
+            if a.get("jpeg_prob")
+            else None
+        ),
+    ]
     schedule = {
         "step": f"÷10 every {cfg.get('step_every')} iterations down to {cfg.get('min_learning_rate')} (the paper's)",
         "cosine": f"cosine decay to {cfg.get('min_learning_rate')} over the run"
-                  + (f" after {cfg.get('warmup_epochs')} warm-up epochs" if cfg.get("warmup_epochs") else ""),
+        + (f" after {cfg.get('warmup_epochs')} warm-up epochs" if cfg.get("warmup_epochs") else ""),
         "constant": "constant",
     }.get(cfg.get("schedule"), cfg.get("schedule"))
     best = meta.get("metrics", {}).get("validation", {}).get("best_epoch")
@@ -122,21 +138,29 @@ def _verdict_section(meta: dict) -> list[str]:
     crop = meta.get("crop")
     if crop:
         spread = f" (10th percentile {crop['p10']}, 90th {crop['p90']})" if "p10" in crop else ""
-        lines += ["## Crop geometry", "",
-                  f"Faces are cut as squares of side **{crop['margin']}×** the longer side of BlazeFace's face box"
-                  f"{spread}, rotated upright on the eyes, then resized to 256×256. {crop.get('note', '')}", ""]
+        lines += [
+            "## Crop geometry",
+            "",
+            f"Faces are cut as squares of side **{crop['margin']}×** the longer side of BlazeFace's face box"
+            f"{spread}, rotated upright on the eyes, then resized to 256×256. {crop.get('note', '')}",
+            "",
+        ]
         for name, margin in crop.get("members", {}).items():
             lines.append(f"- member {name}: margin {margin}")
         lines += [""] if crop.get("members") else []
     cal = meta.get("calibration")
     if cal:
-        lines += ["## Calibration", "",
-                  f"Platt scaling fitted on the {cal.get('fitted_on', 'validation split')} ({cal.get('n')} crops): "
-                  f"P(fake) = sigmoid({cal['a']:.4f} · logit(p) + {cal['b']:.4f}), applied inside the model (every "
-                  f"backend and the exported SavedModel return the calibrated score; the threshold is on that "
-                  f"scale). Log loss {_fmt(cal.get('log_loss_before'))} → {_fmt(cal.get('log_loss_after'))}, "
-                  f"expected calibration error {_fmt(cal.get('ece_before'))} → {_fmt(cal.get('ece_after'))}. "
-                  "Calibration is monotone: ROC AUC and the ranking of faces are unchanged.", ""]
+        lines += [
+            "## Calibration",
+            "",
+            f"Platt scaling fitted on the {cal.get('fitted_on', 'validation split')} ({cal.get('n')} crops): "
+            f"P(fake) = sigmoid({cal['a']:.4f} · logit(p) + {cal['b']:.4f}), applied inside the model (every "
+            f"backend and the exported SavedModel return the calibrated score; the threshold is on that "
+            f"scale). Log loss {_fmt(cal.get('log_loss_before'))} → {_fmt(cal.get('log_loss_after'))}, "
+            f"expected calibration error {_fmt(cal.get('ece_before'))} → {_fmt(cal.get('ece_after'))}. "
+            "Calibration is monotone: ROC AUC and the ranking of faces are unchanged.",
+            "",
+        ]
     band = meta.get("band")
     if band:
         out = band["validation"]
@@ -144,12 +168,19 @@ def _verdict_section(meta: dict) -> list[str]:
         def share(side: dict) -> str:
             return "—" if side["precision"] is None else f"{side['precision']:.1%} of {side['n']}"
 
-        lines += ["## Uncertain band", "",
-                  f"±{band['band']} around the threshold. Rule: {band['rule']}. Target "
-                  f"{band['target']:.0%} {'met' if band['target_met'] else '**not met**'}. On the validation crops:",
-                  "", "| label | right |", "|---|---|",
-                  f"| fake | {share(out['fake'])} |", f"| real | {share(out['real'])} |",
-                  f"| uncertain | {out['uncertain']['n']} crops ({out['uncertain']['share']:.1%}) |", ""]
+        lines += [
+            "## Uncertain band",
+            "",
+            f"±{band['band']} around the threshold. Rule: {band['rule']}. Target "
+            f"{band['target']:.0%} {'met' if band['target_met'] else '**not met**'}. On the validation crops:",
+            "",
+            "| label | right |",
+            "|---|---|",
+            f"| fake | {share(out['fake'])} |",
+            f"| real | {share(out['real'])} |",
+            f"| uncertain | {out['uncertain']['n']} crops ({out['uncertain']['share']:.1%}) |",
+            "",
+        ]
     return lines
 
 
@@ -157,8 +188,14 @@ def render_card(meta: dict) -> str:
     """The Markdown card of a registered model or ensemble, from its JSON metadata."""
     ensemble = meta.get("kind") == "ensemble"
     val = meta.get("metrics", {}).get("validation", {})
-    lines = [f"# {meta['name']} (version {meta.get('version', '?')})", "", meta.get("description", ""), "",
-             "| | |", "|---|---|"]
+    lines = [
+        f"# {meta['name']} (version {meta.get('version', '?')})",
+        "",
+        meta.get("description", ""),
+        "",
+        "| | |",
+        "|---|---|",
+    ]
     if ensemble:
         members = ", ".join(f"{m['name']} v{m['version']} ({m['arch']})" for m in meta.get("members", []))
         lines.append(f"| Kind | ensemble: mean fake probability of {members} |")
@@ -175,8 +212,13 @@ def render_card(meta: dict) -> str:
     lines += ["", "## Intended use", "", INTENDED_USE, ""]
     lines += _data_section(meta)
     if ensemble:
-        lines += ["## Ensemble", "", "Members, each pinned by the sha256 of its weights (the ensemble refuses to load "
-                  "if a member is retrained):", ""]
+        lines += [
+            "## Ensemble",
+            "",
+            "Members, each pinned by the sha256 of its weights (the ensemble refuses to load "
+            "if a member is retrained):",
+            "",
+        ]
         lines += [f"- {m['name']} v{m['version']} ({m['arch']}), sha256 `{m['sha256']}`" for m in meta["members"]]
         lines.append("")
     else:
@@ -185,18 +227,43 @@ def render_card(meta: dict) -> str:
     lines += ["## Validation metrics", "", *_metrics_table(val), ""]
     members_val = meta.get("metrics", {}).get("members_validation")
     if members_val:
-        lines += ["Members on the same validation crops, each at its own threshold:", "",
-                  "| member | ROC AUC | EER | accuracy |", "|---|---|---|---|"]
-        lines += [f"| {name} | {_fmt(m['roc_auc'])} | {_fmt(m['eer'])} | {_fmt(m['accuracy'])} |"
-                  for name, m in members_val.items()]
+        lines += [
+            "Members on the same validation crops, each at its own threshold:",
+            "",
+            "| member | ROC AUC | EER | accuracy |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {name} | {_fmt(m['roc_auc'])} | {_fmt(m['eer'])} | {_fmt(m['accuracy'])} |"
+            for name, m in members_val.items()
+        ]
         lines.append("")
-    lines += ["## Known failure modes", "", FAILURE_MODES, "",
-              "## Terms", "", meta.get("licence", ""), "", "## Provenance", "", meta.get("provenance", ""), ""]
+    lines += [
+        "## Known failure modes",
+        "",
+        FAILURE_MODES,
+        "",
+        "## Terms",
+        "",
+        meta.get("licence", ""),
+        "",
+        "## Provenance",
+        "",
+        meta.get("provenance", ""),
+        "",
+    ]
     command = meta.get("training", {}).get("command")
     if command:
         lines += ["## Reproduce", "", "```sh", command, "```", ""]
     again = meta.get("recalibrated", {}).get("command")
     if again:
-        lines += [f"Calibration, band and crop geometry of version {meta.get('version')} (same weights as version "
-                  f"{meta['recalibrated'].get('from_version')}):", "", "```sh", again, "```", ""]
+        lines += [
+            f"Calibration, band and crop geometry of version {meta.get('version')} (same weights as version "
+            f"{meta['recalibrated'].get('from_version')}):",
+            "",
+            "```sh",
+            again,
+            "```",
+            "",
+        ]
     return "\n".join(lines)

@@ -36,7 +36,8 @@ AUTHORS_CROP_NOTE = (
     "get_aligned_face) cuts a square of side 1.3 × 2.2 × max(eye distance, eye-to-mouth distance) from "
     "face_recognition landmarks, centred on the nose and rotated upright on the eye-mouth axis, then resizes it to "
     "256×256. On the shared clips that square is 1.18× the longer side of BlazeFace's face box at the median "
-    "(106 faces; 10th percentile 1.14, 90th 1.31), so MesoScan cuts their models' faces at margin 1.18.")
+    "(106 faces; 10th percentile 1.14, 90th 1.31), so MesoScan cuts their models' faces at margin 1.18."
+)
 DEFAULT_CROP_MARGIN = 1.3
 """Models registered before crop geometry was recorded."""
 AUTHORS_PROVENANCE = (
@@ -115,14 +116,34 @@ def _authors(name: str, arch: Arch, filename: str, sha256: str, dataset: str) ->
 
 
 BUILTIN: tuple[ModelSpec, ...] = (
-    _authors("meso4_df", "meso4", "Meso4_DF.h5",
-             "036ed30d04ffd9c7506f825b97c86aa64915f5818931da96817b169aad790af5", "Deepfake"),
-    _authors("meso4_f2f", "meso4", "Meso4_F2F.h5",
-             "bcfda015d217b9f8d6557693edbdf9f4e79cfd22672541968dd0e2954462b5d7", "Face2Face"),
-    _authors("mesoinception4_df", "mesoinception4", "MesoInception_DF.h5",
-             "234586d40058e76ef8b6f27ca4b63c06e31c2a5a69c0d8ba6f30b1468ab7bafa", "Deepfake"),
-    _authors("mesoinception4_f2f", "mesoinception4", "MesoInception_F2F.h5",
-             "d4533ac8a3197dc35c47405d23d99e888c1d0135e267e03540c7451feaccff3f", "Face2Face"),
+    _authors(
+        "meso4_df",
+        "meso4",
+        "Meso4_DF.h5",
+        "036ed30d04ffd9c7506f825b97c86aa64915f5818931da96817b169aad790af5",
+        "Deepfake",
+    ),
+    _authors(
+        "meso4_f2f",
+        "meso4",
+        "Meso4_F2F.h5",
+        "bcfda015d217b9f8d6557693edbdf9f4e79cfd22672541968dd0e2954462b5d7",
+        "Face2Face",
+    ),
+    _authors(
+        "mesoinception4_df",
+        "mesoinception4",
+        "MesoInception_DF.h5",
+        "234586d40058e76ef8b6f27ca4b63c06e31c2a5a69c0d8ba6f30b1468ab7bafa",
+        "Deepfake",
+    ),
+    _authors(
+        "mesoinception4_f2f",
+        "mesoinception4",
+        "MesoInception_F2F.h5",
+        "d4533ac8a3197dc35c47405d23d99e888c1d0135e267e03540c7451feaccff3f",
+        "Face2Face",
+    ),
 )
 
 
@@ -155,16 +176,23 @@ def trained_spec(metadata_path: Path) -> ModelSpec:
         pins = tuple(m["sha256"] for m in meta["members"])
         return ModelSpec(
             arch="ensemble",
-            weights=WeightsFile("trained", metadata_path.name, ensemble_digest(members, pins),
-                                packaged_path=metadata_path),
-            weights_format="ensemble", output="p_fake", members=members, member_sha256=pins,
-            crop_margin=float(crop.get("margin", DEFAULT_CROP_MARGIN)), crop_note=crop.get("note", ""), **common,
+            weights=WeightsFile(
+                "trained", metadata_path.name, ensemble_digest(members, pins), packaged_path=metadata_path
+            ),
+            weights_format="ensemble",
+            output="p_fake",
+            members=members,
+            member_sha256=pins,
+            crop_margin=float(crop.get("margin", DEFAULT_CROP_MARGIN)),
+            crop_note=crop.get("note", ""),
+            **common,
         )
     weights = metadata_path.with_name(meta["weights"])
     return ModelSpec(
         arch=meta["arch"],
         weights=WeightsFile("trained", weights.name, meta["sha256"], packaged_path=weights),
-        weights_format="keras3", output=meta.get("output", "p_fake"),
+        weights_format="keras3",
+        output=meta.get("output", "p_fake"),
         crop_margin=float(crop.get("margin", DEFAULT_CROP_MARGIN)),
         crop_note=crop.get("note", "recorded before crop geometry was measured: the scanner's former default"),
         **common,
@@ -214,13 +242,15 @@ def ensemble_members(spec: ModelSpec, settings: ServingSettings | None = None) -
         except UnknownModelError:
             raise UnknownModelError(f"ensemble {spec.name!r}: member model {name!r} is not registered") from None
         if member.is_ensemble:
-            raise WeightsMismatchError(f"ensemble {spec.name!r}: member {name!r} is an ensemble itself; "
-                                       "members must be single models")
+            raise WeightsMismatchError(
+                f"ensemble {spec.name!r}: member {name!r} is an ensemble itself; members must be single models"
+            )
         if member.weights.sha256 != pinned:
             raise WeightsMismatchError(
                 f"ensemble {spec.name!r}: member {name!r} (v{member.version}) has other weights than when the "
                 f"ensemble was made (sha256 {member.weights.sha256[:12]}…, pinned {pinned[:12]}…); register the "
-                "ensemble again (`mesoscan train --ensemble ...`) so its threshold fits")
+                "ensemble again (`mesoscan train --ensemble ...`) so its threshold fits"
+            )
         members.append(member)
     return members
 

@@ -37,7 +37,8 @@ def render_models_config(specs: Iterable[ModelSpec], base_path: str = DEFAULT_BA
     config = model_server_config_pb2.ModelServerConfig()
     for spec in specs:
         entry = config.model_config_list.config.add(
-            name=spec.name, base_path=f"{base_path.rstrip('/')}/{spec.name}", model_platform="tensorflow")
+            name=spec.name, base_path=f"{base_path.rstrip('/')}/{spec.name}", model_platform="tensorflow"
+        )
         entry.model_version_policy.specific.versions.append(spec.version)
         entry.version_labels[STABLE_LABEL] = spec.version
     return MODELS_CONFIG_HEADER + text_format.MessageToString(config)
@@ -77,11 +78,18 @@ def batching_parameters_class():
     types = descriptor_pb2.FieldDescriptorProto
     file = descriptor_pb2.FileDescriptorProto(
         name="tensorflow_serving/servables/tensorflow/session_bundle_config.proto",
-        package="tensorflow.serving", syntax="proto3", dependency=["google/protobuf/wrappers.proto"])
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
     message = file.message_type.add(name="BatchingParameters")
     for name, number, kind, label in _BATCHING_FIELDS:
-        field = message.field.add(name=name, number=number, json_name=_camel(name),
-                                  label=types.LABEL_REPEATED if label == "repeated" else types.LABEL_OPTIONAL)
+        field = message.field.add(
+            name=name,
+            number=number,
+            json_name=_camel(name),
+            label=types.LABEL_REPEATED if label == "repeated" else types.LABEL_OPTIONAL,
+        )
         if kind.startswith("."):
             field.type, field.type_name = types.TYPE_MESSAGE, kind
         else:
@@ -130,8 +138,10 @@ def check_batching_config(text: str, client_batch_size: int | None = None):
         if sizes[-1] != max_batch:
             problems.append(f"the last allowed_batch_sizes entry ({sizes[-1]}) must equal max_batch_size ({max_batch})")
     if client_batch_size is not None and params.HasField("max_batch_size") and client_batch_size > max_batch:
-        problems.append(f"max_batch_size {max_batch} is below the client batch size {client_batch_size}: "
-                        "TF Serving would reject every full request")
+        problems.append(
+            f"max_batch_size {max_batch} is below the client batch size {client_batch_size}: "
+            "TF Serving would reject every full request"
+        )
     if problems:
         raise TFServingConfigError("batching.config: " + "; ".join(problems))
     return params

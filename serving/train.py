@@ -55,12 +55,16 @@ Schedule = Literal["step", "cosine", "constant"]
 ClassWeight = Literal["balanced", "none"]
 SCHEDULES: tuple[Schedule, ...] = ("step", "cosine", "constant")
 EXCLUDED_SPLITS = ("test",)
-THRESHOLD_RULE = ("equal error rate on the validation set: the score where the false-positive rate (real called "
-                  "fake) equals the false-negative rate (fake called real)")
+THRESHOLD_RULE = (
+    "equal error rate on the validation set: the score where the false-positive rate (real called "
+    "fake) equals the false-negative rate (fake called real)"
+)
 DFDC_DATA = "DFDC face crops (Deepfake Detection Challenge training set, 224×224 JPEG face crops)"
-DFDC_LICENCE = ("Non-commercial research use only: trained on Deepfake Detection Challenge (DFDC) data, whose terms "
-                "allow non-commercial research use only; these weights carry that restriction. "
-                "MesoScan's code is Apache-2.0.")
+DFDC_LICENCE = (
+    "Non-commercial research use only: trained on Deepfake Detection Challenge (DFDC) data, whose terms "
+    "allow non-commercial research use only; these weights carry that restriction. "
+    "MesoScan's code is Apache-2.0."
+)
 
 
 @dataclass(frozen=True)
@@ -128,29 +132,78 @@ class TrainConfig:
         """Identifies the run's folder: the settings that differ from their defaults, the card's wording aside (so
         a setting added later, at its default, leaves the folders of runs under way as they are)."""
         defaults = TrainConfig(data_dir=self.data_dir, arch=self.arch, name=self.name).to_dict()
-        d = {k: v for k, v in self.to_dict().items()
-             if k not in {"data_description", "licence", "description"} and v != defaults[k]}
+        d = {
+            k: v
+            for k, v in self.to_dict().items()
+            if k not in {"data_description", "licence", "description"} and v != defaults[k]
+        }
         default_augment = AugmentConfig().to_dict()
         if "augment" in d:
             d["augment"] = {k: v for k, v in d["augment"].items() if v != default_augment[k]}
-        d.update(arch=self.arch, name=self.name, data_dir=str(Path(self.data_dir).resolve()),
-                 augment_implementation=AUGMENT_IMPLEMENTATION)
+        d.update(
+            arch=self.arch,
+            name=self.name,
+            data_dir=str(Path(self.data_dir).resolve()),
+            augment_implementation=AUGMENT_IMPLEMENTATION,
+        )
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
     def command_line(self, out_dir: Path | None = None) -> str:
         """The `mesoscan train` command with every setting spelled out."""
         a = self.augment
-        args = ["mesoscan", "train", "--data", str(self.data_dir), "--arch", self.arch, "--name", self.name,
-                "--epochs", self.epochs, "--batch-size", self.batch_size, "--lr", self.learning_rate,
-                "--schedule", self.schedule, "--step-every", self.step_every, "--min-lr", self.min_learning_rate,
-                "--warmup-epochs", self.warmup_epochs, "--val-fraction", self.val_fraction, "--seed", self.seed,
-                "--patience", self.patience, "--class-weight", self.class_weight,
-                "--flip" if a.flip else "--no-flip", "--rotation", a.rotation, "--zoom", a.zoom,
-                "--brightness", a.brightness, "--hue", a.hue, "--blur-prob", a.blur_prob,
-                "--blur-sigma", f"{a.blur_sigma[0]}-{a.blur_sigma[1]}", "--jpeg-prob", a.jpeg_prob,
-                "--jpeg-quality", f"{a.jpeg_quality[0]}-{a.jpeg_quality[1]}",
-                "--downscale-prob", a.downscale_prob,
-                "--downscale-factor", f"{a.downscale_factor[0]}-{a.downscale_factor[1]}"]
+        args = [
+            "mesoscan",
+            "train",
+            "--data",
+            str(self.data_dir),
+            "--arch",
+            self.arch,
+            "--name",
+            self.name,
+            "--epochs",
+            self.epochs,
+            "--batch-size",
+            self.batch_size,
+            "--lr",
+            self.learning_rate,
+            "--schedule",
+            self.schedule,
+            "--step-every",
+            self.step_every,
+            "--min-lr",
+            self.min_learning_rate,
+            "--warmup-epochs",
+            self.warmup_epochs,
+            "--val-fraction",
+            self.val_fraction,
+            "--seed",
+            self.seed,
+            "--patience",
+            self.patience,
+            "--class-weight",
+            self.class_weight,
+            "--flip" if a.flip else "--no-flip",
+            "--rotation",
+            a.rotation,
+            "--zoom",
+            a.zoom,
+            "--brightness",
+            a.brightness,
+            "--hue",
+            a.hue,
+            "--blur-prob",
+            a.blur_prob,
+            "--blur-sigma",
+            f"{a.blur_sigma[0]}-{a.blur_sigma[1]}",
+            "--jpeg-prob",
+            a.jpeg_prob,
+            "--jpeg-quality",
+            f"{a.jpeg_quality[0]}-{a.jpeg_quality[1]}",
+            "--downscale-prob",
+            a.downscale_prob,
+            "--downscale-factor",
+            f"{a.downscale_factor[0]}-{a.downscale_factor[1]}",
+        ]
         if self.mixed_precision:
             args.append("--mixed-precision")
         if self.steps_per_epoch:
@@ -159,8 +212,11 @@ class TrainConfig:
             args += ["--limit", self.limit]
         if self.rows:
             args += ["--rows", f"{self.rows[0]}-{self.rows[1]}"]
-        for option, key in (("--description", "description"), ("--data-description", "data_description"),
-                            ("--licence", "licence")):
+        for option, key in (
+            ("--description", "description"),
+            ("--data-description", "data_description"),
+            ("--licence", "licence"),
+        ):
             if getattr(self, key) != TrainConfig.__dataclass_fields__[key].default:
                 args += [option, getattr(self, key)]
         if out_dir is not None:
@@ -194,8 +250,9 @@ class TrainingData:
         return np.arange(self.n_train, len(self.crops))
 
 
-def split_crops(data_dir: Path, val_fraction: float, seed: int, limit: int | None = None,
-                rows: tuple[int, int] | None = None) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
+def split_crops(
+    data_dir: Path, val_fraction: float, seed: int, limit: int | None = None, rows: tuple[int, int] | None = None
+) -> tuple[list[LabelledCrop], list[LabelledCrop]]:
     """(train, validation) crops of `data_dir`, test rows left out, split by cluster."""
     crops = read_crops(data_dir, exclude=EXCLUDED_SPLITS)
     if rows:
@@ -213,20 +270,36 @@ def _clusters_digest(crops: list[LabelledCrop]) -> str:
 
 def _side(crops: list[LabelledCrop]) -> dict:
     labels = labels_of(crops)
-    return {"crops": len(crops), "fake": int(labels.sum()), "real": int(len(labels) - labels.sum()),
-            "clusters": len({c.cluster for c in crops})}
+    return {
+        "crops": len(crops),
+        "fake": int(labels.sum()),
+        "real": int(len(labels) - labels.sum()),
+        "clusters": len({c.cluster for c in crops}),
+    }
 
 
-def load_training_data(data_dir: Path, val_fraction: float, seed: int, limit: int | None,
-                       settings: ServingSettings, progress: bool = False,
-                       rows: tuple[int, int] | None = None) -> TrainingData:
+def load_training_data(
+    data_dir: Path,
+    val_fraction: float,
+    seed: int,
+    limit: int | None,
+    settings: ServingSettings,
+    progress: bool = False,
+    rows: tuple[int, int] | None = None,
+) -> TrainingData:
     from serving.dataset import file_list_key
 
     train, val = split_crops(data_dir, val_fraction, seed, limit, rows)
     crops = train + val
     labels_csv = Path(data_dir) / "labels.csv"
-    split = {"by": "cluster", "seed": seed, "val_fraction": val_fraction, "limit": limit,
-             "excluded_splits": list(EXCLUDED_SPLITS), "val_clusters_sha256": _clusters_digest(val)}
+    split = {
+        "by": "cluster",
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "limit": limit,
+        "excluded_splits": list(EXCLUDED_SPLITS),
+        "val_clusters_sha256": _clusters_digest(val),
+    }
     if rows:
         split["rows"] = list(rows)
     used = [c.row for c in crops if c.row is not None]
@@ -261,8 +334,10 @@ def validation_crops(data_dir: Path, split: dict, rows: tuple[int, int] | None =
     rows = tuple(split["rows"]) if split.get("rows") else rows
     _, val = split_crops(data_dir, split["val_fraction"], split["seed"], split.get("limit"), rows)
     if _clusters_digest(val) != split["val_clusters_sha256"]:
-        raise InvalidInputError(f"{data_dir}: these crops do not give the validation split the model recorded "
-                                "(different data, or labels.csv changed)")
+        raise InvalidInputError(
+            f"{data_dir}: these crops do not give the validation split the model recorded "
+            "(different data, or labels.csv changed)"
+        )
     return val
 
 
@@ -279,8 +354,15 @@ def epoch_order(n_train: int, steps: int, batch_size: int, seed: int, epoch: int
     return np.concatenate([rng.permutation(n_train) for _ in range(-(-need // n_train))])[:need]
 
 
-def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment_config: AugmentConfig, seed: int,
-                  epoch: int, class_weight: ClassWeight):
+def epoch_dataset(
+    data: TrainingData,
+    batch_size: int,
+    steps: int,
+    augment_config: AugmentConfig,
+    seed: int,
+    epoch: int,
+    class_weight: ClassWeight,
+):
     """Epoch `epoch`'s `steps` batches of (uint8 images, labels, sample weights): order and augmentation are drawn
     from (seed, epoch) alone, so a resumed run sees exactly the batches it would have seen."""
     import tensorflow as tf
@@ -290,8 +372,9 @@ def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment_confi
     labels = data.labels[: data.n_train]
     counts = np.bincount(labels, minlength=2)
     if min(counts) == 0:
-        raise InvalidInputError(f"the training split needs both REAL and FAKE crops, got {counts[0]} real, "
-                                f"{counts[1]} fake")
+        raise InvalidInputError(
+            f"the training split needs both REAL and FAKE crops, got {counts[0]} real, {counts[1]} fake"
+        )
     per_class = len(labels) / (2 * counts) if class_weight == "balanced" else np.ones(2)
     label_table = tf.constant(data.labels.astype(np.float32))
     weight_table = tf.constant(per_class[data.labels].astype(np.float32))
@@ -299,8 +382,7 @@ def epoch_dataset(data: TrainingData, batch_size: int, steps: int, augment_confi
 
     def load_numpy(batch: np.ndarray, index: np.ndarray) -> np.ndarray:
         images = faces[np.sort(index)][np.argsort(np.argsort(index))]  # memory map read in file order
-        return augment(images, augment_config, batch_rng(seed, epoch, int(batch))) if augment_config.enabled \
-            else images
+        return augment(images, augment_config, batch_rng(seed, epoch, int(batch))) if augment_config.enabled else images
 
     @tf.autograph.experimental.do_not_convert  # plain TF ops and numpy: nothing for AutoGraph to rewrite
     def load(batch, index):
@@ -350,8 +432,9 @@ def learning_rate_schedule(config: TrainConfig, total_steps: int, steps_per_epoc
         return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values) if boundaries else lr
     warmup = config.warmup_epochs * steps_per_epoch
     if warmup:
-        return keras.optimizers.schedules.CosineDecay(floor, max(1, total_steps - warmup), alpha=floor / lr,
-                                                      warmup_target=lr, warmup_steps=warmup)
+        return keras.optimizers.schedules.CosineDecay(
+            floor, max(1, total_steps - warmup), alpha=floor / lr, warmup_target=lr, warmup_steps=warmup
+        )
     return keras.optimizers.schedules.CosineDecay(lr, total_steps, alpha=floor / lr)
 
 
@@ -369,8 +452,15 @@ def _epoch_timer():
     return EpochTimer()
 
 
-def fit(model, data: TrainingData, config: TrainConfig, steps_per_epoch: int, run_dir: Path,
-        progress: bool = True, stop_after: int | None = None) -> checkpoint.Checkpoint:
+def fit(
+    model,
+    data: TrainingData,
+    config: TrainConfig,
+    steps_per_epoch: int,
+    run_dir: Path,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> checkpoint.Checkpoint:
     """Train `model` (compiled) epoch by epoch from the run folder's checkpoint, if any, and checkpoint every
     epoch. Returns the final state; `stop_after` ends the process' share after that many epochs (tests)."""
     import keras
@@ -380,8 +470,9 @@ def fit(model, data: TrainingData, config: TrainConfig, steps_per_epoch: int, ru
     if path.is_file():
         ckpt = checkpoint.restore(path, model)
         if progress and ckpt.state.epochs_done:
-            print(f"resuming {config.name} after epoch {ckpt.state.epochs_done} of {config.epochs} ({path})",
-                  flush=True)
+            print(
+                f"resuming {config.name} after epoch {ckpt.state.epochs_done} of {config.epochs} ({path})", flush=True
+            )
     else:
         ckpt = checkpoint.Checkpoint(checkpoint.LoopState(), None)
     state = ckpt.state
@@ -392,11 +483,19 @@ def fit(model, data: TrainingData, config: TrainConfig, steps_per_epoch: int, ru
         if stop_after is not None and done_here >= stop_after:
             break
         epoch = state.epochs_done
-        batches = epoch_dataset(data, config.batch_size, steps_per_epoch, config.augment, config.seed, epoch,
-                                config.class_weight)
-        history = model.fit(batches, epochs=epoch + 1, initial_epoch=epoch, steps_per_epoch=steps_per_epoch,
-                            validation_data=validation, shuffle=False, verbose=verbose,
-                            callbacks=[_epoch_timer(), keras.callbacks.TerminateOnNaN()])
+        batches = epoch_dataset(
+            data, config.batch_size, steps_per_epoch, config.augment, config.seed, epoch, config.class_weight
+        )
+        history = model.fit(
+            batches,
+            epochs=epoch + 1,
+            initial_epoch=epoch,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=validation,
+            shuffle=False,
+            verbose=verbose,
+            callbacks=[_epoch_timer(), keras.callbacks.TerminateOnNaN()],
+        )
         if model.stop_training:  # TerminateOnNaN: keep the last good checkpoint
             raise InvalidInputError(f"training diverged at epoch {epoch + 1} (loss is NaN)")
         logs = {k: round(float(v[-1]), 6) for k, v in history.history.items()}
@@ -419,9 +518,15 @@ class TrainResult:
     metadata: dict
 
 
-def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSettings | None = None,
-          progress: bool = True, invocation: str | None = None, stop_after: int | None = None,
-          measure_crop: MeasureCrop | None = None) -> TrainResult | None:
+def train(
+    config: TrainConfig,
+    out_dir: Path | None = None,
+    settings: ServingSettings | None = None,
+    progress: bool = True,
+    invocation: str | None = None,
+    stop_after: int | None = None,
+    measure_crop: MeasureCrop | None = None,
+) -> TrainResult | None:
     """Train `config.arch` on `config.data_dir` and register it as `config.name` in `out_dir`
     (default `<models_dir>/trained/`). Returns the written `<name>.json` and its content, or None when
     `stop_after` epochs ran in this call and the run is not finished (the next call resumes it).
@@ -435,8 +540,9 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
     out_dir = Path(out_dir) if out_dir else settings.models_dir / "trained"
     started = dt.datetime.now(dt.UTC)
     keras.utils.set_random_seed(config.seed)
-    data = load_training_data(config.data_dir, config.val_fraction, config.seed, config.limit, settings, progress,
-                              config.rows)
+    data = load_training_data(
+        config.data_dir, config.val_fraction, config.seed, config.limit, settings, progress, config.rows
+    )
     steps_per_epoch = config.steps_per_epoch or max(1, data.n_train // config.batch_size)
     if data.n_train < config.batch_size:
         raise InvalidInputError(f"only {data.n_train} training crops: fewer than one batch of {config.batch_size}")
@@ -449,8 +555,11 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
     finally:
         keras.config.set_dtype_policy(previous)
     schedule = learning_rate_schedule(config, config.epochs * steps_per_epoch, steps_per_epoch)
-    model.compile(optimizer=keras.optimizers.Adam(schedule), loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(num_thresholds=1000, name="auc")])
+    model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(num_thresholds=1000, name="auc")],
+    )
 
     run_dir = settings.models_dir / "runs" / f"{config.name}-{config.run_key()}"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -477,9 +586,11 @@ def train(config: TrainConfig, out_dir: Path | None = None, settings: ServingSet
         "threshold_rule": THRESHOLD_RULE,
         **verdicts,
         "crop": crop,
-        "provenance": (f"Trained by MesoScan (`mesoscan train`, seed {config.seed}) on {started:%Y-%m-%d} from "
-                       f"{config.data_description}: {data.summary['train']['crops']} training crops, validated "
-                       f"on {data.summary['validation']['crops']} crops of other clusters"),
+        "provenance": (
+            f"Trained by MesoScan (`mesoscan train`, seed {config.seed}) on {started:%Y-%m-%d} from "
+            f"{config.data_description}: {data.summary['train']['crops']} training crops, validated "
+            f"on {data.summary['validation']['crops']} crops of other clusters"
+        ),
         "licence": config.licence,
         "description": config.description or f"{config.arch} trained by MesoScan on {config.data_description}",
         "metrics": {"validation": metrics},
@@ -522,8 +633,10 @@ def verdict_fields(labels: np.ndarray, raw_scores: np.ndarray) -> dict:
 
 def _crop_geometry(measure_crop: MeasureCrop | None, paths: list[Path], seed: int) -> dict:
     if measure_crop is None:
-        return {"margin": DEFAULT_CROP_MARGIN,
-                "note": "not measured (trained without the scanner's detector): the scanner's former default"}
+        return {
+            "margin": DEFAULT_CROP_MARGIN,
+            "note": "not measured (trained without the scanner's detector): the scanner's former default",
+        }
     return measure_crop(paths, seed)
 
 
@@ -535,8 +648,12 @@ def _versions() -> dict:
     import keras
     import tensorflow as tf
 
-    return {"keras": keras.__version__, "tensorflow": tf.__version__, "numpy": np.__version__,
-            "backend": keras.backend.backend()}
+    return {
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "backend": keras.backend.backend(),
+    }
 
 
 # --- registration -----------------------------------------------------------------------------------------
@@ -579,8 +696,22 @@ def register(out_dir: Path, meta: dict, weights_source: Path | None = None) -> P
         finally:
             staging.unlink(missing_ok=True)
         meta = {**meta, "weights": weights.name, "sha256": sha256_of(weights)}
-    ordered = {k: meta[k] for k in ("name", "kind", "arch", "output", "version", "threshold", "threshold_rule",
-                                    "weights", "sha256", "members") if k in meta}
+    ordered = {
+        k: meta[k]
+        for k in (
+            "name",
+            "kind",
+            "arch",
+            "output",
+            "version",
+            "threshold",
+            "threshold_rule",
+            "weights",
+            "sha256",
+            "members",
+        )
+        if k in meta
+    }
     meta = {**ordered, **meta}
     _write_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
     _write_atomic(meta_path.with_suffix(".md"), render_card(meta))
@@ -598,10 +729,17 @@ def model_metadata(name: str, settings: ServingSettings | None = None) -> dict |
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Path | None = None,
-                      settings: ServingSettings | None = None, description: str = "",
-                      progress: bool = False, invocation: str | None = None,
-                      rows: tuple[int, int] | None = None) -> TrainResult:
+def register_ensemble(
+    name: str,
+    members: list[str],
+    data_dir: Path,
+    out_dir: Path | None = None,
+    settings: ServingSettings | None = None,
+    description: str = "",
+    progress: bool = False,
+    invocation: str | None = None,
+    rows: tuple[int, int] | None = None,
+) -> TrainResult:
     """Register ensemble `name`: the mean of `members`' fake probabilities, with its own threshold chosen at the
     equal error rate on the validation split the members share (re-derived from `data_dir` and checked)."""
     from serving.registry import get_model, load_keras_model
@@ -619,15 +757,19 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
         spec = get_model(member, settings)
         meta = model_metadata(member, settings)
         if spec.is_ensemble or meta is None or "split" not in meta.get("data", {}):
-            raise InvalidInputError(f"ensemble member {member!r} must be a model trained by `mesoscan train` "
-                                    "(its validation split is needed to choose the threshold)")
+            raise InvalidInputError(
+                f"ensemble member {member!r} must be a model trained by `mesoscan train` "
+                "(its validation split is needed to choose the threshold)"
+            )
         specs.append(spec)
         metas.append(meta)
     split = metas[0]["data"]["split"]
     for member, meta in zip(members[1:], metas[1:], strict=True):
         if meta["data"]["split"] != split:
-            raise InvalidInputError(f"members {members[0]!r} and {member!r} were validated on different splits "
-                                    "(seed, fraction, limit or data differ): no fair threshold can be chosen")
+            raise InvalidInputError(
+                f"members {members[0]!r} and {member!r} were validated on different splits "
+                "(seed, fraction, limit or data differ): no fair threshold can be chosen"
+            )
     val = validation_crops(data_dir, split, rows)
     faces = decode_crops(val, settings.models_dir / "cache", progress=progress)
     labels = labels_of(val)
@@ -636,45 +778,65 @@ def register_ensemble(name: str, members: list[str], data_dir: Path, out_dir: Pa
     verdicts = verdict_fields(labels, np.mean(member_scores, axis=0))
     metrics = verdicts.pop("metrics")
     margins = sorted({spec.crop_margin for spec in specs})
-    crop = ({"margin": margins[0], "note": "the members' common crop geometry"} if len(margins) == 1 else
-            {"margin": specs[0].crop_margin,
-             "note": "members differ: the scanner cuts each member's faces with that member's own margin",
-             "members": {spec.name: spec.crop_margin for spec in specs}})
+    crop = (
+        {"margin": margins[0], "note": "the members' common crop geometry"}
+        if len(margins) == 1
+        else {
+            "margin": specs[0].crop_margin,
+            "note": "members differ: the scanner cuts each member's faces with that member's own margin",
+            "members": {spec.name: spec.crop_margin for spec in specs},
+        }
+    )
     from serving.metrics import score_metrics
 
-    member_metrics = {spec.name: score_metrics(labels, s, spec.threshold)
-                      for spec, s in zip(specs, member_scores, strict=True)}
+    member_metrics = {
+        spec.name: score_metrics(labels, s, spec.threshold) for spec, s in zip(specs, member_scores, strict=True)
+    }
     licences = list(dict.fromkeys(spec.licence for spec in specs))
     meta = {
         "name": name,
         "kind": "ensemble",
         "output": "p_fake",
-        "members": [{"name": spec.name, "version": spec.version, "arch": spec.arch, "sha256": spec.weights.sha256}
-                    for spec in specs],
+        "members": [
+            {"name": spec.name, "version": spec.version, "arch": spec.arch, "sha256": spec.weights.sha256}
+            for spec in specs
+        ],
         "threshold": metrics["threshold"],
         "threshold_rule": THRESHOLD_RULE,
         **verdicts,
         "crop": crop,
-        "provenance": (f"Mean fake probability of {', '.join(f'{s.name} v{s.version}' for s in specs)}, made by "
-                       f"MesoScan (`mesoscan train --ensemble`) on {dt.datetime.now(dt.UTC):%Y-%m-%d}; see the "
-                       "members' own provenance"),
+        "provenance": (
+            f"Mean fake probability of {', '.join(f'{s.name} v{s.version}' for s in specs)}, made by "
+            f"MesoScan (`mesoscan train --ensemble`) on {dt.datetime.now(dt.UTC):%Y-%m-%d}; see the "
+            "members' own provenance"
+        ),
         "licence": " ".join(licences),
         "description": description or f"ensemble (mean) of {', '.join(members)}",
         "metrics": {"validation": metrics, "members_validation": member_metrics},
-        "training": {"command": shlex.join(["mesoscan", "train", "--data", str(data_dir), "--name", name,
-                                            "--ensemble", ",".join(members)]
-                                           + (["--out", str(out_dir)]
-                                              if out_dir != settings.models_dir / "trained" else [])),
-                     "invocation": invocation, "versions": _versions()},
+        "training": {
+            "command": shlex.join(
+                ["mesoscan", "train", "--data", str(data_dir), "--name", name, "--ensemble", ",".join(members)]
+                + (["--out", str(out_dir)] if out_dir != settings.models_dir / "trained" else [])
+            ),
+            "invocation": invocation,
+            "versions": _versions(),
+        },
         "data": {**metas[0]["data"], "split": split},
     }
     path = register(out_dir, meta)
     return TrainResult(path, json.loads(path.read_text()))
 
 
-def recalibrate(name: str, data_dir: Path, out_dir: Path | None = None, settings: ServingSettings | None = None,
-                rows: tuple[int, int] | None = None, measure_crop: MeasureCrop | None = None,
-                progress: bool = False, invocation: str | None = None) -> TrainResult:
+def recalibrate(
+    name: str,
+    data_dir: Path,
+    out_dir: Path | None = None,
+    settings: ServingSettings | None = None,
+    rows: tuple[int, int] | None = None,
+    measure_crop: MeasureCrop | None = None,
+    progress: bool = False,
+    invocation: str | None = None,
+) -> TrainResult:
     """Give the trained model `name` (same weights) a calibration, threshold and band fitted on its own recorded
     validation split, and for a single model its training crops' geometry; registered as its next version.
     `rows` names the labels.csv rows of a split recorded before rows were (e.g. (1, 16000))."""
@@ -688,8 +850,17 @@ def recalibrate(name: str, data_dir: Path, out_dir: Path | None = None, settings
         raise InvalidInputError(f"{name!r} is not a model trained by `mesoscan train` (no recorded validation split)")
     split = dict(meta["data"]["split"])
     if spec.is_ensemble:
-        return register_ensemble(name, list(spec.members), data_dir, out_dir, settings, meta.get("description", ""),
-                                 progress, invocation, rows)
+        return register_ensemble(
+            name,
+            list(spec.members),
+            data_dir,
+            out_dir,
+            settings,
+            meta.get("description", ""),
+            progress,
+            invocation,
+            rows,
+        )
     val = validation_crops(data_dir, split, rows)
     if rows and not split.get("rows"):
         split["rows"] = list(rows)
@@ -697,16 +868,31 @@ def recalibrate(name: str, data_dir: Path, out_dir: Path | None = None, settings
     labels = labels_of(val)
     raw_scores = predict_faces(load_raw_model(spec, settings), faces, np.arange(len(val)))
     verdicts = verdict_fields(labels, raw_scores)
-    metrics = {**verdicts.pop("metrics"), **{k: v for k, v in meta["metrics"]["validation"].items()
-                                            if k == "best_epoch"}}
-    train_crops, _ = split_crops(data_dir, split["val_fraction"], split["seed"], split.get("limit"),
-                                 tuple(split["rows"]) if split.get("rows") else None)
+    metrics = {
+        **verdicts.pop("metrics"),
+        **{k: v for k, v in meta["metrics"]["validation"].items() if k == "best_epoch"},
+    }
+    train_crops, _ = split_crops(
+        data_dir,
+        split["val_fraction"],
+        split["seed"],
+        split.get("limit"),
+        tuple(split["rows"]) if split.get("rows") else None,
+    )
     crop = _crop_geometry(measure_crop, [c.path for c in train_crops], split["seed"])
     weights = spec.weights.local_path(settings)
-    new = {**meta, **verdicts, "crop": crop, "metrics": {**meta["metrics"], "validation": metrics},
-           "data": {**meta["data"], "split": split},
-           "recalibrated": {"command": invocation, "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                            "from_version": spec.version}}
+    new = {
+        **meta,
+        **verdicts,
+        "crop": crop,
+        "metrics": {**meta["metrics"], "validation": metrics},
+        "data": {**meta["data"], "split": split},
+        "recalibrated": {
+            "command": invocation,
+            "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            "from_version": spec.version,
+        },
+    }
     staging = settings.models_dir / "runs" / f".recalibrate-{name}-{os.getpid()}.weights.h5"
     staging.parent.mkdir(parents=True, exist_ok=True)
     try:

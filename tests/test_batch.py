@@ -24,15 +24,33 @@ from tests.support.media_server import MediaServer
 
 MESOSCAN = str(Path(sys.executable).with_name("mesoscan"))
 FRAMES = "8"
-OUR_COLUMNS = ["label", "fake_probability", "confidence", "people", "faces_analyzed", "duration_s", "error_code",
-               "error_message", "model"]
+OUR_COLUMNS = [
+    "label",
+    "fake_probability",
+    "confidence",
+    "people",
+    "faces_analyzed",
+    "duration_s",
+    "error_code",
+    "error_message",
+    "model",
+]
 
 
 def batch_env(server: MediaServer, staging: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESOSCAN_")
-           or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")}
-    env.update({"MESOSCAN_NETWORK_ALLOWLIST": json.dumps([server.netloc]), "MESOSCAN_TEMP_DIR": str(staging),
-                "MESOSCAN_SOCKET_TIMEOUT_S": "30", "TF_CPP_MIN_LOG_LEVEL": "2"})
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
+    }
+    env.update(
+        {
+            "MESOSCAN_NETWORK_ALLOWLIST": json.dumps([server.netloc]),
+            "MESOSCAN_TEMP_DIR": str(staging),
+            "MESOSCAN_SOCKET_TIMEOUT_S": "30",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     return env
 
 
@@ -114,15 +132,17 @@ def contract(clips_server, tmp_path_factory) -> Contract:
     staging = root / "staging"
     staging.mkdir()
     clips = sorted(p.name for p in require_shared(VIDEOS_DIR).glob("*.mp4"))
-    rows = [{"url": clips_server.url(f"/files/{name}"), "id": f"c{i}", "note": f"ünï «{name}», ok"}
-            for i, name in enumerate(clips)]
+    rows = [
+        {"url": clips_server.url(f"/files/{name}"), "id": f"c{i}", "note": f"ünï «{name}», ok"}
+        for i, name in enumerate(clips)
+    ]
     first = clips_server.url(f"/files/{clips[0]}")
     rows += [
         {"url": clips_server.url(BAD_ROWS["404"]), "id": "b404", "note": "=1+1"},
         {"url": clips_server.url(BAD_ROWS["text"]), "id": "btext", "note": "a text file named .mp4"},
         {"url": clips_server.url(BAD_ROWS["503"]), "id": "b503", "note": "a server that is down: retried"},
         {"url": "file:///etc/passwd", "id": "bfile", "note": ""},
-        {"url": "not a url at all", "id": "binvalid", "note": "\"quoted\", with comma"},
+        {"url": "not a url at all", "id": "binvalid", "note": '"quoted", with comma'},
         {"url": "", "id": "bempty", "note": "empty cell"},
         {"url": first.replace("http://", "HTTP://") + "?utm_source=sheet#t=3", "id": "dup", "note": "duplicate"},
     ]
@@ -133,8 +153,7 @@ def contract(clips_server, tmp_path_factory) -> Contract:
         writer.writerows(rows)
     env = batch_env(clips_server, staging)
     out = root / "out"
-    result = run_batch([str(path), "--out", str(out), "--frames", FRAMES, "--concurrency", "2", "--retries", "1"],
-                       env)
+    result = run_batch([str(path), "--out", str(out), "--frames", FRAMES, "--concurrency", "2", "--retries", "1"], env)
     return Contract(path, out, rows, clips, result, env, staging, dict(clips_server.hits))
 
 
@@ -224,12 +243,26 @@ def test_rerun_resumes_retries_failed_only_when_asked_and_fail_on(contract, clip
 
     labels = {e["result"]["verdict"]["label"] for e in before if e["result"]["status"] == "done"}
     for fail_on, matched in (("fake", {"fake"}), ("uncertain", {"fake", "uncertain"})):
-        gated = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES, "--fail-on", fail_on],
-                          contract.env)
+        gated = run_batch(
+            [str(contract.input), "--out", str(out), "--frames", FRAMES, "--fail-on", fail_on], contract.env
+        )
         assert gated.returncode == (10 if labels & matched else 1), (fail_on, labels, gated.stderr)
 
-    retried = run_batch([str(contract.input), "--out", str(out), "--frames", FRAMES, "--retry-failed",
-                         "--concurrency", "1", "--retries", "0"], contract.env)
+    retried = run_batch(
+        [
+            str(contract.input),
+            "--out",
+            str(out),
+            "--frames",
+            FRAMES,
+            "--retry-failed",
+            "--concurrency",
+            "1",
+            "--retries",
+            "0",
+        ],
+        contract.env,
+    )
     assert retried.returncode == 1, retried.stderr
     assert "scanned 3 videos" in retried.stdout  # the 404, the text file and the 503; invalid rows are no videos
     assert clips_server.hits[BAD_ROWS["404"]] > hits[BAD_ROWS["404"]]
@@ -237,7 +270,8 @@ def test_rerun_resumes_retries_failed_only_when_asked_and_fail_on(contract, clip
     after = read_jsonl(out / "results.jsonl")
     assert [e["attempts"] for e in after if e["input"]["id"] == "b404"] == [2]
     assert [without_timings(e) for e in after if e["result"]["status"] == "done"] == [
-        without_timings(e) for e in before if e["result"]["status"] == "done"]
+        without_timings(e) for e in before if e["result"]["status"] == "done"
+    ]
 
 
 def test_resume_after_kill_9_equals_an_uninterrupted_run(server, tmp_path):
@@ -249,8 +283,9 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(server, tmp_path):
     env = batch_env(server, staging)
     out = tmp_path / "out"
     args = [str(listing), "--out", str(out), "--frames", FRAMES, "--concurrency", "1"]
-    process = subprocess.Popen([MESOSCAN, "batch", *args], env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [MESOSCAN, "batch", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     journal = out / "results.jsonl"
 
     def journaled() -> list[dict] | None:
@@ -293,10 +328,27 @@ def test_two_scans_run_at_once_and_sigterm_stops_cleanly(server, tmp_path):
     env = {**batch_env(server, staging), "MESOSCAN_DOWNLOAD_TIMEOUT_S": "120"}
     server.stall_s = 120
     out = tmp_path / "out"
-    process = subprocess.Popen([MESOSCAN, "batch", str(listing), "--out", str(out), "--frames", FRAMES,
-                                "--concurrency", "2", "--retries", "0"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [
+            MESOSCAN,
+            "batch",
+            str(listing),
+            "--out",
+            str(out),
+            "--frames",
+            FRAMES,
+            "--concurrency",
+            "2",
+            "--retries",
+            "0",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
+
         def both_open() -> bool:
             answered = {path for path, _ in server.responses}
             return all(server.hits[p] >= 1 and p not in answered for p in stalls)
@@ -324,7 +376,8 @@ def visible_rows(page) -> list[dict]:
     return page.eval_on_selector_all(
         "#results tbody tr:not([hidden])",
         "rows => rows.map(r => ({row: +r.dataset.row, label: r.dataset.label, prob: +r.dataset.prob,"
-        " title: r.dataset.title}))")
+        " title: r.dataset.title}))",
+    )
 
 
 def test_report_opens_offline_sorts_and_filters(contract, guarded_page, tmp_path):
@@ -381,8 +434,7 @@ def test_report_of_1000_videos_stays_small_and_escapes_what_videos_say(contract,
             entry["result"]["source"]["title"] = f"{hostile} #{i}"
         many.append(entry)
     report = tmp_path / "report.html"
-    write_html(report, many, {"model": "m v1", "gateway": None, "frames": 8, "keyframes": False,
-                              "finished_at": "now"})
+    write_html(report, many, {"model": "m v1", "gateway": None, "frames": 8, "keyframes": False, "finished_at": "now"})
     assert report.stat().st_size < 6_000_000  # small thumbnails: a few KB a video
     page = guarded_page
     dialogs = []
@@ -396,6 +448,7 @@ def test_report_of_1000_videos_stays_small_and_escapes_what_videos_say(contract,
     page.click("button[data-sort=prob]")
     page.click("button[data-sort=prob]")
     top = visible_rows(page)[0]
-    assert top["prob"] == max(e["result"]["verdict"]["fake_probability"] for e in many
-                              if e["result"]["status"] == "done")
+    assert top["prob"] == max(
+        e["result"]["verdict"]["fake_probability"] for e in many if e["result"]["status"] == "done"
+    )
     assert not dialogs

@@ -21,8 +21,13 @@ MESOSCAN = str(Path(sys.executable).with_name("mesoscan"))
 
 def batch(args: list[str], env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     base = {k: v for k, v in os.environ.items() if k != "MESOSCAN_API_KEY"}
-    return subprocess.run([MESOSCAN, "batch", *args], capture_output=True, text=True, timeout=timeout,
-                          env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})})
+    return subprocess.run(
+        [MESOSCAN, "batch", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**base, "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})},
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -33,14 +38,28 @@ def read_jsonl(path: Path) -> list[dict]:
 def dev_gateway(tmp_path):
     """`mesoscan serve --dev` with a batch limit of 2 and one submission a second (so chunks meet a 429)."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESOSCAN_")
-           or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")}
-    env.update({"MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}", "MESOSCAN_FRAMES": "8",
-                "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]', "MESOSCAN_MAX_BATCH_URLS": "2",
-                "MESOSCAN_RATE_LIMIT": "1/second", "MESOSCAN_READ_RATE_LIMIT": "100000/minute",
-                "TF_CPP_MIN_LOG_LEVEL": "2"})
-    service = Service("dev gateway", [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)], env,
-                      tmp_path / "dev.log").start()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
+    }
+    env.update(
+        {
+            "MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+            "MESOSCAN_FRAMES": "8",
+            "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]',
+            "MESOSCAN_MAX_BATCH_URLS": "2",
+            "MESOSCAN_RATE_LIMIT": "1/second",
+            "MESOSCAN_READ_RATE_LIMIT": "100000/minute",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
+    service = Service(
+        "dev gateway",
+        [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)],
+        env,
+        tmp_path / "dev.log",
+    ).start()
     base = f"http://127.0.0.1:{port}"
 
     def up() -> bool:
@@ -125,8 +144,10 @@ def test_keyed_gateway_with_its_key(server_stack, tmp_path):
     listing = tmp_path / "urls.txt"
     listing.write_text(server_stack.clip("ffpp_004.mp4") + "\n")
     out = tmp_path / "good"
-    good = batch([str(listing), "--out", str(out), "--gateway", server_stack.base_url],
-                 {"MESOSCAN_API_KEY": server_stack.api_key})
+    good = batch(
+        [str(listing), "--out", str(out), "--gateway", server_stack.base_url],
+        {"MESOSCAN_API_KEY": server_stack.api_key},
+    )
     assert good.returncode == 0, (good.stderr, server_stack.logs())
     [entry] = read_jsonl(out / "results.jsonl")
     validate(entry["result"])
@@ -137,7 +158,8 @@ def test_keyed_gateway_with_its_key(server_stack, tmp_path):
 def test_unreachable_gateway_exits_3(tmp_path):
     listing = tmp_path / "urls.txt"
     listing.write_text("https://example.org/video.mp4\n")
-    result = batch([str(listing), "--out", str(tmp_path / "out"), "--gateway", f"http://127.0.0.1:{free_port()}"],
-                   timeout=60)
+    result = batch(
+        [str(listing), "--out", str(tmp_path / "out"), "--gateway", f"http://127.0.0.1:{free_port()}"], timeout=60
+    )
     assert result.returncode == 3, result.stderr
     assert "cannot reach the gateway" in result.stderr

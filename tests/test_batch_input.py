@@ -24,14 +24,16 @@ def test_text_list_skips_blanks_and_comments(tmp_path):
     path.write_text("# a list\n\nhttps://example.org/a.mp4\n   \n  https://example.org/b.mp4  \n#x\n")
     batch = read_input(str(path))
     assert batch.format == "txt"
-    assert [(r.number, r.url) for r in batch.rows] == [(3, "https://example.org/a.mp4"),
-                                                      (5, "https://example.org/b.mp4")]
+    assert [(r.number, r.url) for r in batch.rows] == [
+        (3, "https://example.org/a.mp4"),
+        (5, "https://example.org/b.mp4"),
+    ]
     assert batch.columns == ["url"]
 
 
 def test_csv_keeps_every_column_and_numbers_rows_as_a_spreadsheet(tmp_path):
     path = tmp_path / "sheet.csv"
-    path.write_bytes("\ufeffid,URL,note\n1,https://e.org/a,\"x, y\"\n\n2,,ünï\n3,https://e.org/c\n".encode())
+    path.write_bytes('\ufeffid,URL,note\n1,https://e.org/a,"x, y"\n\n2,,ünï\n3,https://e.org/c\n'.encode())
     batch = read_input(str(path))
     assert batch.columns == ["id", "URL", "note"]
     assert [(r.number, r.url) for r in batch.rows] == [(2, "https://e.org/a"), (4, ""), (5, "https://e.org/c")]
@@ -64,11 +66,14 @@ def test_format_option_and_standard_input(tmp_path, monkeypatch):
     assert read_input("-").rows[0].url == "https://e.org/t"
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    (b"", "holds no rows"),
-    (b"# only a comment\n\n", "holds no rows"),
-    (b"\xff\xfeu\x00r\x00l\x00", "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "holds no rows"),
+        (b"# only a comment\n\n", "holds no rows"),
+        (b"\xff\xfeu\x00r\x00l\x00", "not UTF-8"),
+    ],
+)
 def test_unusable_inputs(tmp_path, content, message):
     path = tmp_path / "in.txt"
     path.write_bytes(content)
@@ -92,20 +97,23 @@ def _target(url, allow_local=True, number=4):
     return target_for(Row(number, {"url": url}, url), policy, allow_local)
 
 
-@pytest.mark.parametrize(("url", "problem"), [
-    ("", "the url cell is empty"),
-    ("   ", "the url cell is empty"),
-    (None, "the url cell is empty"),
-    (42, "not text"),
-    ("file:///etc/passwd", "only http and https"),
-    ("ftp://example.org/clip.mp4", "only http and https"),
-    ("javascript:alert(1)", "only http and https"),
-    ("not a url", "neither an http(s) URL nor an existing file"),
-    ("https://exa mple.org/x", "spaces or control characters"),
-    ("https:///nohost", "no host"),
-    ("http://example.org:99999/x", "malformed URL"),
-    ("https://e.org/" + "a" * 3000, "longer than"),
-])
+@pytest.mark.parametrize(
+    ("url", "problem"),
+    [
+        ("", "the url cell is empty"),
+        ("   ", "the url cell is empty"),
+        (None, "the url cell is empty"),
+        (42, "not text"),
+        ("file:///etc/passwd", "only http and https"),
+        ("ftp://example.org/clip.mp4", "only http and https"),
+        ("javascript:alert(1)", "only http and https"),
+        ("not a url", "neither an http(s) URL nor an existing file"),
+        ("https://exa mple.org/x", "spaces or control characters"),
+        ("https:///nohost", "no host"),
+        ("http://example.org:99999/x", "malformed URL"),
+        ("https://e.org/" + "a" * 3000, "longer than"),
+    ],
+)
 def test_bad_rows_are_invalid_urls_with_their_row_number(url, problem):
     with pytest.raises(ScanError) as caught:
         _target(url)
@@ -132,8 +140,11 @@ def test_local_files_in_process_only(tmp_path):
 def test_duplicates_share_a_key_and_the_gateway_uses_the_same_rules():
     from server import jobs
 
-    same = ["https://Example.org/v?b=2&a=1", "HTTPS://example.org:443/v?a=1&b=2#t=10",
-            "https://example.org./v?a=1&utm_source=x&b=2"]
+    same = [
+        "https://Example.org/v?b=2&a=1",
+        "HTTPS://example.org:443/v?a=1&b=2#t=10",
+        "https://example.org./v?a=1&utm_source=x&b=2",
+    ]
     assert {_target(u).key for u in same} == {"https://example.org/v?a=1&b=2"}
     assert jobs.normalize_url is normalize_url
     assert _target("https://example.org/v?a=2").key != _target("https://example.org/v?a=1").key
@@ -159,8 +170,10 @@ def test_usage_errors_exit_2_before_any_scan(tmp_path):
         ([str(tmp_path / "missing.txt"), "--out", str(tmp_path / "o2")], "cannot read"),
         ([str(good), "--out", str(blocker / "sub")], "cannot use"),
         ([str(good), "--out", str(tmp_path / "o3"), "--model", "no_such_model"], "unknown model"),
-        ([str(good), "--out", str(tmp_path / "o4"), "--gateway", "http://127.0.0.1:9", "--frames", "8"],
-         "apply to in-process scans"),
+        (
+            [str(good), "--out", str(tmp_path / "o4"), "--gateway", "http://127.0.0.1:9", "--frames", "8"],
+            "apply to in-process scans",
+        ),
         ([str(good), "--out", str(tmp_path / "o5"), "--concurrency", "0"], "--concurrency"),
     ]
     for args, message in cases:
@@ -198,8 +211,9 @@ def test_progress_bar_on_a_terminal(tmp_path):
     rows.write_text("not a url\nftp://x/y\n")
     leader, follower = pty.openpty()
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "160"}
-    process = subprocess.Popen([MESOSCAN, "batch", str(rows), "--out", str(tmp_path / "out")], stdout=follower,
-                               stderr=follower, env=env)
+    process = subprocess.Popen(
+        [MESOSCAN, "batch", str(rows), "--out", str(tmp_path / "out")], stdout=follower, stderr=follower, env=env
+    )
     os.close(follower)
     output = b""
     while True:
@@ -227,7 +241,10 @@ def test_compute_threads_are_shared_out_between_workers(tmp_path, monkeypatch):
     batch.prepare()
     env = batch._worker_env(2, str(tmp_path / "tmp"))
     assert (env["MESOSCAN_COMPUTE_THREADS"], env["MESOSCAN_FRAMES"], env["MESOSCAN_TEMP_DIR"]) == (
-        "2", "4", str(tmp_path / "tmp"))
+        "2",
+        "4",
+        str(tmp_path / "tmp"),
+    )
     assert batch._worker_env(8, "t")["MESOSCAN_COMPUTE_THREADS"] == "1"  # never below one
     monkeypatch.delenv("MESOSCAN_COMPUTE_THREADS")
     batch = Batch(Options(str(rows), tmp_path / "out", frames=4))

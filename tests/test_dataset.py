@@ -100,7 +100,11 @@ def test_real_and_fake_folders_with_video_subfolders_as_clusters(tmp_path):
     (tmp_path / "fake" / "notes.txt").write_text("not an image")
     crops = read_crops(tmp_path)
     assert [(c.path.name, c.fake, c.cluster) for c in crops] == [
-        ("a.png", 0, "real/a"), ("f1.jpg", 0, "real/vid1"), ("f2.jpg", 0, "real/vid1"), ("b.jpeg", 1, "fake/b")]
+        ("a.png", 0, "real/a"),
+        ("f1.jpg", 0, "real/vid1"),
+        ("f2.jpg", 0, "real/vid1"),
+        ("b.jpeg", 1, "fake/b"),
+    ]
 
 
 def test_bad_crops_folders_get_clear_errors(tmp_path):

@@ -55,13 +55,16 @@ def fetch_error(url: str, settings: ScannerSettings) -> ScanError:
 # Good sources -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "title"), [
-    (f"/files/{CLIP}", "ffpp_004"),
-    (f"/page/video/{CLIP}", "Clip ffpp_004.mp4"),
-    (f"/page/og/{CLIP}", "OG clip ffpp_004.mp4"),
-    (f"/chain/3/{CLIP}", "ffpp_004"),
-    ("/files/clip.mov", "clip"),
-])
+@pytest.mark.parametrize(
+    ("path", "title"),
+    [
+        (f"/files/{CLIP}", "ffpp_004"),
+        (f"/page/video/{CLIP}", "Clip ffpp_004.mp4"),
+        (f"/page/og/{CLIP}", "OG clip ffpp_004.mp4"),
+        (f"/chain/3/{CLIP}", "ffpp_004"),
+        ("/files/clip.mov", "clip"),
+    ],
+)
 def test_fetches_direct_files_and_pages(server, settings_for, staging, path, title):
     stages: list[tuple[str, float | None]] = []
     url = server.url(path)
@@ -77,8 +80,15 @@ def test_fetches_direct_files_and_pages(server, settings_for, staging, path, tit
         assert video.duration_s == pytest.approx(12.36, abs=0.05)
         assert video.fps == pytest.approx(25)
         source = video.source
-        assert source == {"url": url, "title": video.title, "duration_s": video.duration_s, "width": 1280,
-                          "height": 720, "fps": video.fps, "sha256": video.sha256}
+        assert source == {
+            "url": url,
+            "title": video.title,
+            "duration_s": video.duration_s,
+            "width": 1280,
+            "height": 720,
+            "fps": video.fps,
+            "sha256": video.sha256,
+        }
     assert_clean(staging)
     assert stages[0] == ("resolving", 0.0)
     assert stages[-1] == ("done", 1.0)
@@ -157,24 +167,27 @@ def test_progress_callback_can_cancel(server, settings_for, staging):
 # Bad inputs: each with its code, nothing left behind ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("path", "code", "retryable", "overrides"), [
-    ("/nope.mp4", "download_failed", False, {}),
-    ("/status/404", "download_failed", False, {}),
-    ("/status/503", "download_failed", True, {}),
-    ("/page/embed?src=/status/502", "download_failed", True, {}),
-    ("/page/embed?src=/nope.mp4", "download_failed", False, {}),
-    ("/page/multi/ffpp_004.mp4,ffpp_634.mp4", "unsupported_url", False, {}),
-    ("/page/novideo", "unsupported_url", False, {}),
-    ("/files/text.mp4", "not_a_video", False, {}),
-    ("/files/truncated.mp4", "corrupt_video", False, {}),
-    ("/files/audio.mp4", "not_a_video", False, {}),
-    ("/files/dfdc_lynaeydofd.mp4", "too_large", False, {"max_filesize_mb": 1}),
-    ("/hls/index.m3u8", "too_large", False, {"max_filesize_mb": 0.5}),
-    ("/files/ffpp_519.mp4", "too_long", False, {"max_duration_s": 5}),
-    (f"/page/video/{CLIP}", "too_long", False, {"max_duration_s": 5}),
-    ("/hls/index.m3u8", "too_long", False, {"max_duration_s": 5}),
-    ("/stall/ffpp_634.mp4?after=65536", "timeout", False, {"socket_timeout_s": 0.5}),
-])
+@pytest.mark.parametrize(
+    ("path", "code", "retryable", "overrides"),
+    [
+        ("/nope.mp4", "download_failed", False, {}),
+        ("/status/404", "download_failed", False, {}),
+        ("/status/503", "download_failed", True, {}),
+        ("/page/embed?src=/status/502", "download_failed", True, {}),
+        ("/page/embed?src=/nope.mp4", "download_failed", False, {}),
+        ("/page/multi/ffpp_004.mp4,ffpp_634.mp4", "unsupported_url", False, {}),
+        ("/page/novideo", "unsupported_url", False, {}),
+        ("/files/text.mp4", "not_a_video", False, {}),
+        ("/files/truncated.mp4", "corrupt_video", False, {}),
+        ("/files/audio.mp4", "not_a_video", False, {}),
+        ("/files/dfdc_lynaeydofd.mp4", "too_large", False, {"max_filesize_mb": 1}),
+        ("/hls/index.m3u8", "too_large", False, {"max_filesize_mb": 0.5}),
+        ("/files/ffpp_519.mp4", "too_long", False, {"max_duration_s": 5}),
+        (f"/page/video/{CLIP}", "too_long", False, {"max_duration_s": 5}),
+        ("/hls/index.m3u8", "too_long", False, {"max_duration_s": 5}),
+        ("/stall/ffpp_634.mp4?after=65536", "timeout", False, {"socket_timeout_s": 0.5}),
+    ],
+)
 def test_bad_inputs(server, settings_for, staging, path, code, retryable, overrides):
     error = fetch_error(server.url(path), settings_for(server, **overrides))
     assert (error.code, error.retryable) == (code, retryable), error.message
@@ -237,8 +250,16 @@ def test_ctrl_c_cleans_up(server, settings_for, staging):
     assert_clean(staging)
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/clip.mp4", "./clip.mp4",
-                                 str(VIDEOS_DIR / CLIP), f"file://{VIDEOS_DIR / CLIP}"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/clip.mp4",
+        "./clip.mp4",
+        str(VIDEOS_DIR / CLIP),
+        f"file://{VIDEOS_DIR / CLIP}",
+    ],
+)
 def test_local_paths_and_other_schemes_are_invalid_urls(url, settings_for, staging):
     error = fetch_error(url, settings_for(allow_private_networks=True))
     assert error.code == "invalid_url"
@@ -248,8 +269,22 @@ def test_local_paths_and_other_schemes_are_invalid_urls(url, settings_for, stagi
 # SSRF: URLs, redirects and embedded URLs that point at loopback -------------------------------------------------------
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "localhost", "2130706433", "0x7f.1", "0177.0.0.1",
-                                  "127.1", "0.0.0.0", "0", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "127.0.0.2",
+        "localhost",
+        "2130706433",
+        "0x7f.1",
+        "0177.0.0.1",
+        "127.1",
+        "0.0.0.0",
+        "0",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+    ],
+)
 def test_urls_to_loopback_are_blocked(server, settings_for, staging, host):
     error = fetch_error(f"http://{host}:{server.port}/files/{CLIP}", settings_for())
     assert (error.code, error.retryable) == ("blocked_address", False)
@@ -279,8 +314,10 @@ def redirect_to(server, target: str) -> str:
     return server.url("/redirect?" + urllib.parse.urlencode({"to": target}))
 
 
-@pytest.mark.parametrize("target", ["http://127.0.0.1", "http://localhost", "http://[::ffff:127.0.0.1]",
-                                    "http://2130706433", "https://localhost"])
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1", "http://localhost", "http://[::ffff:127.0.0.1]", "http://2130706433", "https://localhost"],
+)
 def test_redirects_to_other_loopback_ports_are_blocked(server, other, settings_for, staging, target):
     target = f"{target}:{other.port}/files/{CLIP}"
     error = fetch_error(redirect_to(server, target), settings_for(server))

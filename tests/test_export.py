@@ -89,9 +89,20 @@ def test_saved_model_cli_runs_serving_default_like_the_keras_model(model_base, k
 
     faces = np.stack([load_face(path) for path in crop_files])
     np.save(tmp_path / "images.npy", faces)
-    saved_model_cli("run", "--dir", str(model_base / "meso4_df" / "1"), "--tag_set", "serve",
-                    "--signature_def", "serving_default", "--inputs", f"images={tmp_path / 'images.npy'}",
-                    "--outdir", str(tmp_path / "out"), "--overwrite")
+    saved_model_cli(
+        "run",
+        "--dir",
+        str(model_base / "meso4_df" / "1"),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "serving_default",
+        "--inputs",
+        f"images={tmp_path / 'images.npy'}",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--overwrite",
+    )
     served = np.load(tmp_path / "out" / "fake_probability.npy")
     expected = np.asarray(keras_model(faces, training=False))
     assert served.dtype == np.float32 and served.shape == (len(faces),)
@@ -112,9 +123,20 @@ def test_saved_model_cli_runs_jpeg_with_in_graph_decode_and_resize(model_base, k
     batch = np.empty(len(encoded), dtype=object)
     batch[:] = encoded
     np.save(tmp_path / "jpeg.npy", batch, allow_pickle=True)
-    saved_model_cli("run", "--dir", str(model_base / "meso4_df" / "1"), "--tag_set", "serve",
-                    "--signature_def", "jpeg", "--inputs", f"jpeg={tmp_path / 'jpeg.npy'}",
-                    "--outdir", str(tmp_path / "out"), "--overwrite")
+    saved_model_cli(
+        "run",
+        "--dir",
+        str(model_base / "meso4_df" / "1"),
+        "--tag_set",
+        "serve",
+        "--signature_def",
+        "jpeg",
+        "--inputs",
+        f"jpeg={tmp_path / 'jpeg.npy'}",
+        "--outdir",
+        str(tmp_path / "out"),
+        "--overwrite",
+    )
     served = np.load(tmp_path / "out" / "fake_probability.npy")
 
     faces = np.stack([resize_face(np.asarray(decode_image(data))) for data in encoded])

@@ -21,15 +21,17 @@ def _loaded_in_fresh_process(code: str, tmp_path: Path, **env: str) -> list[str]
         print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in {HEAVY!r})))
     """)
     environment = os.environ | {"MESOSCAN_MODELS_DIR": str(tmp_path / "models")} | env
-    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=environment, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO, env=environment, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_gateway_imports_no_tensorflow(tmp_path):
     """The gateway app, built and answering the requests that touch the model registry, never loads TensorFlow."""
-    loaded = _loaded_in_fresh_process(f"""
+    loaded = _loaded_in_fresh_process(
+        f"""
         from server.app import create_app
         from server.config import ServerSettings
 
@@ -40,13 +42,18 @@ def test_gateway_imports_no_tensorflow(tmp_path):
             response = client.get(path, headers={{"Host": "127.0.0.1"}})
             assert response.status_code == 200, (path, response.status_code, response.get_data(as_text=True))
         assert "meso4_dfdc" in client.get("/api/v1/models", headers={{"Host": "127.0.0.1"}}).get_json()["default"]
-    """, tmp_path, MESOSCAN_MODEL_BACKEND="tfserving-grpc", MESOSCAN_TFSERVING_URL="127.0.0.1:8500")
+    """,
+        tmp_path,
+        MESOSCAN_MODEL_BACKEND="tfserving-grpc",
+        MESOSCAN_TFSERVING_URL="127.0.0.1:8500",
+    )
     assert loaded == []
 
 
 def test_remote_predictors_import_no_tensorflow(tmp_path):
     """A scan worker on a remote backend builds its predictor (and imports the pipeline) without TensorFlow."""
-    loaded = _loaded_in_fresh_process("""
+    loaded = _loaded_in_fresh_process(
+        """
         import scanner.pipeline
         import server.tasks
         from serving.config import ServingSettings
@@ -58,18 +65,23 @@ def test_remote_predictors_import_no_tensorflow(tmp_path):
         assert (grpc.backend, rest.backend) == ("tfserving-grpc", "tfserving-rest")
         grpc.close()
         rest.close()
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert loaded == []
 
 
 def test_embedded_predictor_does_load_tensorflow(tmp_path):
     """The check above can see TensorFlow: the embedded backend does load it."""
-    loaded = _loaded_in_fresh_process("""
+    loaded = _loaded_in_fresh_process(
+        """
         from serving.config import ServingSettings
         from serving.predictor import get_predictor
 
         get_predictor(settings=ServingSettings(model_backend="embedded")).close()
-    """, tmp_path)
+    """,
+        tmp_path,
+    )
     assert "tensorflow" in loaded and "keras" in loaded
 
 
@@ -150,8 +162,12 @@ uploads. A new cycle fails the test above, and so does this one once it is gone 
 
 
 def test_import_arrows_go_server_scanner_serving():
-    against = sorted(f"{source} → {target}" for source, targets in import_graph().items() for target in targets
-                     if LAYER[target.split(".")[0]] < LAYER[source.split(".")[0]])
+    against = sorted(
+        f"{source} → {target}"
+        for source, targets in import_graph().items()
+        for target in targets
+        if LAYER[target.split(".")[0]] < LAYER[source.split(".")[0]]
+    )
     assert against == []
 
 

@@ -70,8 +70,12 @@ def test_the_shipped_models_carry_calibration_band_and_crop_geometry():
 
 def test_every_backend_path_returns_the_calibrated_score(settings):
     spec = get_model(DEFAULT_MODEL, settings)
-    faces = np.stack([np.asarray(Image.open(p).convert("RGB").resize((256, 256)))
-                      for p in sorted((CROPS_DIR / "test").glob("*.jpg"))[:6]])
+    faces = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((256, 256)))
+            for p in sorted((CROPS_DIR / "test").glob("*.jpg"))[:6]
+        ]
+    )
     raw = np.asarray(load_raw_model(spec, settings).predict(faces, verbose=0)).reshape(-1)
     served = np.asarray(load_keras_model(spec, settings).predict(faces, verbose=0)).reshape(-1)
     np.testing.assert_allclose(served, calibration.calibrate(raw, spec.calibration), atol=1e-5)
@@ -149,13 +153,22 @@ def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(tmp
         meta = {**base, "name": name, "weights": f"{name}.weights.h5", "crop": {"margin": margin, "note": "test"}}
         (trained / f"{name}.json").write_text(json.dumps(meta))
         members.append({"name": name, "version": meta["version"], "arch": "meso4", "sha256": meta["sha256"]})
-    ensemble = {"name": "mixed_ensemble", "kind": "ensemble", "output": "p_fake", "version": 1, "members": members,
-                "threshold": 0.5, "provenance": "test", "licence": "test",
-                "calibration": {"method": "platt", "a": 1.5, "b": -0.2},
-                "crop": {"margin": 1.0, "members": {"tight_member": 1.0, "loose_member": 1.3}}}
+    ensemble = {
+        "name": "mixed_ensemble",
+        "kind": "ensemble",
+        "output": "p_fake",
+        "version": 1,
+        "members": members,
+        "threshold": 0.5,
+        "provenance": "test",
+        "licence": "test",
+        "calibration": {"method": "platt", "a": 1.5, "b": -0.2},
+        "crop": {"margin": 1.0, "members": {"tight_member": 1.0, "loose_member": 1.3}},
+    }
     (trained / "mixed_ensemble.json").write_text(json.dumps(ensemble))
     assert get_model("mixed_ensemble", settings).weights.sha256 == ensemble_digest(
-        ("tight_member", "loose_member"), (base["sha256"], base["sha256"]))
+        ("tight_member", "loose_member"), (base["sha256"], base["sha256"])
+    )
 
     scanner = Scanner(ScannerSettings(), model="mixed_ensemble", serving_settings=settings)
     assert scanner.margins == (1.0, 1.3)
@@ -163,8 +176,13 @@ def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(tmp
     tight, loose = (rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8) for _ in range(2))
     member = load_keras_model(get_model("tight_member", settings), settings)
     expected = calibration.calibrate(
-        (np.asarray(member.predict(tight, verbose=0)).reshape(-1)
-         + np.asarray(member.predict(loose, verbose=0)).reshape(-1)) / 2, ensemble["calibration"])
+        (
+            np.asarray(member.predict(tight, verbose=0)).reshape(-1)
+            + np.asarray(member.predict(loose, verbose=0)).reshape(-1)
+        )
+        / 2,
+        ensemble["calibration"],
+    )
     np.testing.assert_allclose(scanner.score([tight, loose]), expected, atol=1e-5)
     scanner.close()
     same = Scanner(ScannerSettings(crop_margin=1.2), model="mixed_ensemble", serving_settings=settings)
@@ -175,8 +193,13 @@ def test_recalibration_keeps_the_weights_and_refits_on_the_recorded_split(settin
     from serving.train import recalibrate
 
     spec = get_model(DEFAULT_MODEL, settings)
-    result = recalibrate(DEFAULT_MODEL, require_shared(CROPS_DIR), tmp_path / "out", settings,
-                         measure_crop=lambda paths, seed: {"margin": 1.0, "note": f"{len(paths)} crops"})
+    result = recalibrate(
+        DEFAULT_MODEL,
+        require_shared(CROPS_DIR),
+        tmp_path / "out",
+        settings,
+        measure_crop=lambda paths, seed: {"margin": 1.0, "note": f"{len(paths)} crops"},
+    )
     meta = result.metadata
     assert meta["sha256"] == spec.weights.sha256, "same weights"
     assert meta["calibration"]["a"] == pytest.approx(spec.calibration["a"], rel=1e-3)

@@ -13,15 +13,60 @@ from scanner.errors import BlockedAddressError, InvalidUrlError
 from scanner.netguard import AddressPolicy, NetGuard, guarded_youtube_dl, non_global_reason, parse_ip_literal
 
 NON_GLOBAL = [
-    "10.0.0.1", "10.255.255.255", "172.16.5.4", "172.31.255.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
-    "100.127.255.254", "127.0.0.1", "127.255.255.254", "0.0.0.0", "0.1.2.3", "224.0.0.251", "239.255.255.250",
-    "255.255.255.255", "240.0.0.1", "192.0.2.1", "198.51.100.7", "203.0.113.9", "198.18.0.1", "192.0.0.8",
-    "::1", "::", "fc00::1", "fd12:3456::1", "fe80::1", "fec0::1", "ff02::1", "ff0e::1", "2001:db8::1", "100::1",
-    "::ffff:127.0.0.1", "::ffff:10.0.0.1", "::ffff:169.254.169.254", "::ffff:0.0.0.0", "::127.0.0.1",
-    "64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b:1::1", "2002:7f00:1::1", "2001::1", "2001:2::1", "3fff::1",
+    "10.0.0.1",
+    "10.255.255.255",
+    "172.16.5.4",
+    "172.31.255.1",
+    "192.168.1.1",
+    "169.254.169.254",
+    "100.64.0.1",
+    "100.127.255.254",
+    "127.0.0.1",
+    "127.255.255.254",
+    "0.0.0.0",
+    "0.1.2.3",
+    "224.0.0.251",
+    "239.255.255.250",
+    "255.255.255.255",
+    "240.0.0.1",
+    "192.0.2.1",
+    "198.51.100.7",
+    "203.0.113.9",
+    "198.18.0.1",
+    "192.0.0.8",
+    "::1",
+    "::",
+    "fc00::1",
+    "fd12:3456::1",
+    "fe80::1",
+    "fec0::1",
+    "ff02::1",
+    "ff0e::1",
+    "2001:db8::1",
+    "100::1",
+    "::ffff:127.0.0.1",
+    "::ffff:10.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:0.0.0.0",
+    "::127.0.0.1",
+    "64:ff9b::a00:1",
+    "64:ff9b::7f00:1",
+    "64:ff9b:1::1",
+    "2002:7f00:1::1",
+    "2001::1",
+    "2001:2::1",
+    "3fff::1",
 ]
-GLOBAL = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "151.101.1.69", "2606:4700:4700::1111", "2a00:1450:4001:81c::200e",
-          "64:ff9b::808:808", "::ffff:8.8.8.8"]
+GLOBAL = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "151.101.1.69",
+    "2606:4700:4700::1111",
+    "2a00:1450:4001:81c::200e",
+    "64:ff9b::808:808",
+    "::ffff:8.8.8.8",
+]
 
 
 @pytest.fixture
@@ -74,23 +119,26 @@ def test_global_addresses_are_allowed(address):
     AddressPolicy().check_address(ip, 443)
 
 
-@pytest.mark.parametrize(("spelling", "address"), [
-    ("2130706433", "127.0.0.1"),
-    ("0x7f000001", "127.0.0.1"),
-    ("0177.0.0.1", "127.0.0.1"),
-    ("0x7f.0.0.1", "127.0.0.1"),
-    ("127.1", "127.0.0.1"),
-    ("127.0.1", "127.0.0.1"),
-    ("017700000001", "127.0.0.1"),
-    ("0", "0.0.0.0"),
-    ("0x0", "0.0.0.0"),
-    ("0xa9fea9fe", "169.254.169.254"),
-    ("10.1", "10.0.0.1"),
-    ("[::1]", "::1"),
-    ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
-    ("[::ffff:7f00:1]", "::ffff:127.0.0.1"),
-    ("fe80::1%eth0", "fe80::1"),
-])
+@pytest.mark.parametrize(
+    ("spelling", "address"),
+    [
+        ("2130706433", "127.0.0.1"),
+        ("0x7f000001", "127.0.0.1"),
+        ("0177.0.0.1", "127.0.0.1"),
+        ("0x7f.0.0.1", "127.0.0.1"),
+        ("127.1", "127.0.0.1"),
+        ("127.0.1", "127.0.0.1"),
+        ("017700000001", "127.0.0.1"),
+        ("0", "0.0.0.0"),
+        ("0x0", "0.0.0.0"),
+        ("0xa9fea9fe", "169.254.169.254"),
+        ("10.1", "10.0.0.1"),
+        ("[::1]", "::1"),
+        ("::ffff:127.0.0.1", "::ffff:127.0.0.1"),
+        ("[::ffff:7f00:1]", "::ffff:127.0.0.1"),
+        ("fe80::1%eth0", "fe80::1"),
+    ],
+)
 def test_ip_spellings_are_parsed_and_blocked(spelling, address):
     assert parse_ip_literal(spelling) == ipaddress.ip_address(address)
     host = spelling if spelling.startswith("[") or ":" not in spelling else f"[{spelling.replace('%', '%25')}]"
@@ -103,11 +151,27 @@ def test_names_are_not_mistaken_for_addresses(host):
     assert parse_ip_literal(host) is None
 
 
-@pytest.mark.parametrize("url", [
-    "file:///etc/passwd", "ftp://example.com/video.mp4", "gopher://example.com/", "javascript:alert(1)",
-    "data:video/mp4;base64,AAAA", "./clip.mp4", "/tmp/clip.mp4", "clip.mp4", "", "   ", "http://", "https:///x",
-    "http://example.com:99999/", "http://exa mple.com/", "http://example.com/\nHost: evil", "ws://example.com/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/video.mp4",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "data:video/mp4;base64,AAAA",
+        "./clip.mp4",
+        "/tmp/clip.mp4",
+        "clip.mp4",
+        "",
+        "   ",
+        "http://",
+        "https:///x",
+        "http://example.com:99999/",
+        "http://exa mple.com/",
+        "http://example.com/\nHost: evil",
+        "ws://example.com/",
+    ],
+)
 def test_urls_other_than_http_are_invalid(url):
     with pytest.raises(InvalidUrlError) as info:
         AddressPolicy().check_url(url)
@@ -121,8 +185,7 @@ def test_check_url_returns_scheme_host_port():
 
 
 def test_allowlist_entries():
-    policy = AddressPolicy(allowlist=["127.0.0.1:8080", "10.0.0.0/8", "[::1]:9000", "media.internal:9000",
-                                      "fd00::/8"])
+    policy = AddressPolicy(allowlist=["127.0.0.1:8080", "10.0.0.0/8", "[::1]:9000", "media.internal:9000", "fd00::/8"])
     loopback = ipaddress.ip_address("127.0.0.1")
     policy.check_address(loopback, 8080)
     policy.check_address(ipaddress.ip_address("::ffff:127.0.0.1"), 8080)  # the same destination

@@ -41,15 +41,34 @@ def made(tmp_path_factory) -> dict[str, Path]:
     """Media made with ffmpeg from a shared clip: other containers, damaged and non-video files."""
     out = tmp_path_factory.mktemp("probe")
     clip = VIDEOS_DIR / "ffpp_634.mp4"  # 13.52 s, moov atom at the end
-    files = {name: out / name for name in (
-        "faststart.mp4", "clip.mkv", "clip.ts", "cover.png", "song.m4a", "still.jpg", "short.mp4")}
+    files = {
+        name: out / name
+        for name in ("faststart.mp4", "clip.mkv", "clip.ts", "cover.png", "song.m4a", "still.jpg", "short.mp4")
+    }
     ffmpeg("-i", str(clip), "-c", "copy", "-movflags", "+faststart", str(files["faststart.mp4"]))
     ffmpeg("-i", str(clip), "-c", "copy", str(files["clip.mkv"]))
     ffmpeg("-i", str(clip), "-c", "copy", str(files["clip.ts"]))
     ffmpeg("-i", str(clip), "-frames:v", "1", str(files["still.jpg"]))
     ffmpeg("-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1", str(files["cover.png"]))
-    ffmpeg("-f", "lavfi", "-i", "sine=duration=2", "-i", str(files["cover.png"]), "-map", "0", "-map", "1",
-           "-c:a", "aac", "-c:v", "png", "-disposition:v", "attached_pic", str(files["song.m4a"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=2",
+        "-i",
+        str(files["cover.png"]),
+        "-map",
+        "0",
+        "-map",
+        "1",
+        "-c:a",
+        "aac",
+        "-c:v",
+        "png",
+        "-disposition:v",
+        "attached_pic",
+        str(files["song.m4a"]),
+    )
     ffmpeg("-i", str(clip), "-t", "2", "-c", "copy", str(files["short.mp4"]))
     data = files["faststart.mp4"].read_bytes()
     files["truncated_faststart.mp4"] = out / "truncated_faststart.mp4"
@@ -63,11 +82,14 @@ def made(tmp_path_factory) -> dict[str, Path]:
     return files
 
 
-@pytest.mark.parametrize(("name", "container", "indexed"), [
-    ("faststart.mp4", "mov,mp4", True),
-    ("clip.mkv", "matroska", True),
-    ("clip.ts", "mpegts", False),
-])
+@pytest.mark.parametrize(
+    ("name", "container", "indexed"),
+    [
+        ("faststart.mp4", "mov,mp4", True),
+        ("clip.mkv", "matroska", True),
+        ("clip.ts", "mpegts", False),
+    ],
+)
 def test_containers(made, name, container, indexed):
     info = probe_video(made[name])
     assert info.container.startswith(container)

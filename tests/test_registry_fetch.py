@@ -69,8 +69,7 @@ def test_fetch_from_a_url_mirror(tmp_path, models_http):
 
 def test_upstream_is_tried_after_the_mirror(tmp_path, models_http):
     settings = ServingSettings(models_dir=tmp_path / "models", models_mirror=str(tmp_path / "empty-mirror"))
-    path = fetch_file("mesonet", "Meso4_DF.h5", MESO4_DF.weights.sha256, f"{models_http}/mesonet/Meso4_DF.h5",
-                      settings)
+    path = fetch_file("mesonet", "Meso4_DF.h5", MESO4_DF.weights.sha256, f"{models_http}/mesonet/Meso4_DF.h5", settings)
     assert sha256_of(path) == MESO4_DF.weights.sha256
 
 
@@ -138,11 +137,22 @@ def test_a_trained_model_is_registered_from_its_json(tmp_path):
     trained.mkdir()
     model = mesonet.meso4()
     model.save_weights(trained / "tiny.weights.h5")
-    (trained / "tiny.json").write_text(json.dumps({
-        "name": "tiny", "arch": "meso4", "output": "p_fake", "threshold": 0.42, "version": 3,
-        "weights": "tiny.weights.h5", "sha256": sha256_of(trained / "tiny.weights.h5"),
-        "provenance": "test", "licence": "test only", "metrics": {"val_roc_auc": 0.5},
-    }))
+    (trained / "tiny.json").write_text(
+        json.dumps(
+            {
+                "name": "tiny",
+                "arch": "meso4",
+                "output": "p_fake",
+                "threshold": 0.42,
+                "version": 3,
+                "weights": "tiny.weights.h5",
+                "sha256": sha256_of(trained / "tiny.weights.h5"),
+                "provenance": "test",
+                "licence": "test only",
+                "metrics": {"val_roc_auc": 0.5},
+            }
+        )
+    )
     spec = get_model("tiny", settings)
     assert [s.name for s in list_models(settings)][-1] == "tiny"
     assert (spec.threshold, spec.version, spec.weights_format) == (0.42, 3, "keras3")
@@ -157,8 +167,9 @@ def test_a_trained_model_is_registered_from_its_json(tmp_path):
 
 def _mesoscan(*args, env_extra=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *args], capture_output=True, text=True, env=env, timeout=300
+    )
 
 
 def test_cli_models_list_and_fetch(tmp_path):
@@ -187,8 +198,7 @@ def test_cli_fetch_failure_is_one_clear_line_per_source(tmp_path):
     env = {"MESOSCAN_MODELS_DIR": str(tmp_path / "m"), "MESOSCAN_MODELS_MIRROR": str(mirror)}
     # The upstream URL is GitHub; the guard in conftest covers only this process, so the child gets no network
     # at all: an unroutable proxy on loopback stands in for "no network".
-    env |= {"HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}", "NO_PROXY": "", "no_proxy": "",
-            "MESOSCAN_RETRIES": "0"}
+    env |= {"HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}", "NO_PROXY": "", "no_proxy": "", "MESOSCAN_RETRIES": "0"}
     result = _mesoscan("models", "fetch", "meso4_df", env_extra=env)
     assert result.returncode == 1
     assert "error [model_unavailable]: could not fetch Meso4_DF.h5" in result.stderr

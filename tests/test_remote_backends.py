@@ -207,8 +207,13 @@ def test_a_model_the_server_does_not_serve(server, faces, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_server_down_is_unavailable_after_retries_in_bounded_time(backend):
     closed = free_port()
-    with remote(backend, (f"127.0.0.1:{closed}", f"http://127.0.0.1:{closed}"), retries=3,
-                model_retry_backoff_s=0.1, request_timeout_s=20) as predictor:
+    with remote(
+        backend,
+        (f"127.0.0.1:{closed}", f"http://127.0.0.1:{closed}"),
+        retries=3,
+        model_retry_backoff_s=0.1,
+        request_timeout_s=20,
+    ) as predictor:
         started = time.monotonic()
         with pytest.raises(ModelUnavailableError, match=f"127.0.0.1:{closed}") as caught:
             predictor.predict(np.zeros((2, 256, 256, 3), np.uint8))
@@ -228,15 +233,30 @@ def test_server_started_late_is_reached_by_the_retries(meso4_only, embedded, fac
     """
     grpc_port, rest_port = free_port(), free_port()
     flag = tmp_path / "listen"
-    late = start_server(meso4_only, tmp_path / "late.log", grpc_port=grpc_port, rest_port=rest_port,
-                        args=("--listen-after", str(flag)), wait=False)
+    late = start_server(
+        meso4_only,
+        tmp_path / "late.log",
+        grpc_port=grpc_port,
+        rest_port=rest_port,
+        args=("--listen-after", str(flag)),
+        wait=False,
+    )
     outcome: dict = {}
     with late:
         late.wait_for(WAITING)  # models loaded, ports still closed
-        predictors = {backend: remote(backend, (f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"),
-                                      retries=4, model_retry_backoff_s=1.0) for backend in BACKENDS}
-        callers = [threading.Thread(target=lambda b=backend: outcome.update({b: catch_or_score(predictors[b], faces)}))
-                   for backend in BACKENDS]
+        predictors = {
+            backend: remote(
+                backend,
+                (f"127.0.0.1:{grpc_port}", f"http://127.0.0.1:{rest_port}"),
+                retries=4,
+                model_retry_backoff_s=1.0,
+            )
+            for backend in BACKENDS
+        }
+        callers = [
+            threading.Thread(target=lambda b=backend: outcome.update({b: catch_or_score(predictors[b], faces)}))
+            for backend in BACKENDS
+        ]
         for caller in callers:
             caller.start()
         time.sleep(0.3)  # the first attempts have been refused by now
@@ -281,8 +301,7 @@ def test_constructing_a_predictor_opens_nothing(backend):
         listener.listen()
         listener.settimeout(0.5)
         port = listener.getsockname()[1]
-        predictor = remote(backend, (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"), retries=0,
-                           request_timeout_s=1.0)
+        predictor = remote(backend, (f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"), retries=0, request_timeout_s=1.0)
         with pytest.raises(TimeoutError):
             listener.accept()
         # The first call connects (and fails: nothing answers on this socket), so the check above can fail.
@@ -366,9 +385,14 @@ def test_a_forked_child_makes_its_own_connection(server, faces, tmp_path):
     Run in a separate process: pytest's own process, with TensorFlow loaded, is never forked.
     """
     np.save(tmp_path / "faces.npy", faces[:2])
-    result = subprocess.run([sys.executable, "-c", FORK_SCRIPT, server.grpc_target, server.rest_url,
-                             str(tmp_path / "faces.npy")], capture_output=True, text=True, timeout=300,
-                            cwd=Path(__file__).resolve().parents[1], check=False)
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SCRIPT, server.grpc_target, server.rest_url, str(tmp_path / "faces.npy")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).resolve().parents[1],
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {backend: {"child_exit": 0, "parent_after": True} for backend in BACKENDS}
@@ -389,11 +413,21 @@ def test_predict_command_agrees_with_embedded(server, embedded, backend):
     from serving.images import load_face
 
     files = sorted(require_shared(CROPS_DIR / "test").glob("*.jpg"))[1:30:7]
-    env = {**os.environ, "MESOSCAN_MODEL_BACKEND": backend, "MESOSCAN_MODEL": "meso4_df",
-           "MESOSCAN_TFSERVING_URL": server.grpc_target if backend == "tfserving-grpc" else server.rest_url}
+    env = {
+        **os.environ,
+        "MESOSCAN_MODEL_BACKEND": backend,
+        "MESOSCAN_MODEL": "meso4_df",
+        "MESOSCAN_TFSERVING_URL": server.grpc_target if backend == "tfserving-grpc" else server.rest_url,
+    }
     mesoscan = Path(sys.executable).with_name("mesoscan")
-    result = subprocess.run([str(mesoscan), "predict", "--json", *map(str, files)],
-                            capture_output=True, text=True, env=env, timeout=300, check=False)
+    result = subprocess.run(
+        [str(mesoscan), "predict", "--json", *map(str, files)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     answer = json.loads(result.stdout)
     assert answer["model"]["backend"] == backend and answer["model"]["name"] == "meso4_df"
@@ -413,48 +447,72 @@ def test_rest_api_formats(server, embedded, faces):
     jpegs = [{"b64": base64.b64encode(encode_jpeg(face)).decode()} for face in faces[:3]]
     expected = embedded["meso4_df"].predict(jpeg_round_trip(faces[:3]))
 
-    row = requests.post(f"{url}/labels/stable:predict", json={"signature_name": "jpeg", "instances": jpegs},
-                        timeout=30)
+    row = requests.post(f"{url}/labels/stable:predict", json={"signature_name": "jpeg", "instances": jpegs}, timeout=30)
     assert row.status_code == 200 and row.headers["Content-Type"] == "application/json"
     np.testing.assert_allclose(row.json()["predictions"], expected, atol=1e-5)
-    named = requests.post(f"{url}:predict", json={"signature_name": "jpeg",
-                                                  "instances": [{"jpeg": j} for j in jpegs]}, timeout=30)
+    named = requests.post(
+        f"{url}:predict", json={"signature_name": "jpeg", "instances": [{"jpeg": j} for j in jpegs]}, timeout=30
+    )
     np.testing.assert_allclose(named.json()["predictions"], expected, atol=1e-5)
-    columnar = requests.post(f"{url}/versions/1:predict", json={"signature_name": "jpeg", "inputs": jpegs},
-                             timeout=30)
+    columnar = requests.post(f"{url}/versions/1:predict", json={"signature_name": "jpeg", "inputs": jpegs}, timeout=30)
     np.testing.assert_allclose(columnar.json()["outputs"], expected, atol=1e-5)
     images = requests.post(f"{url}:predict", json={"instances": faces[:1].tolist()}, timeout=30)
     np.testing.assert_allclose(images.json()["predictions"], embedded["meso4_df"].predict(faces[:1]), atol=1e-5)
 
     status = requests.get(f"{url}/versions/1", timeout=30).json()
-    assert status == {"model_version_status": [
-        {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}]}
+    assert status == {
+        "model_version_status": [
+            {"version": "1", "state": "AVAILABLE", "status": {"error_code": "OK", "error_message": ""}}
+        ]
+    }
     metadata = requests.get(f"{url}/metadata", timeout=30).json()
     jpeg_input = metadata["metadata"]["signature_def"]["signature_def"]["jpeg"]["inputs"]["jpeg"]
     assert jpeg_input["dtype"] == "DT_STRING"
 
 
-@pytest.mark.parametrize(("method", "path", "body", "status", "error"), [
-    ("POST", "/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found for request: Latest(nope)"),
-    ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
-    ("GET", "/v1/models/meso4_df/versions/2", None, 404, "Could not find version 2 of model meso4_df"),
-    ("POST", "/v1/models/meso4_df/labels/canary:predict", {"instances": [1]}, 400,
-     "Unrecognized servable version label: canary"),
-    ("POST", "/v1/models/meso4_df:predict", {"signature_name": "nope", "instances": [1]}, 400,
-     'Serving signature name: "nope" not found in signature def'),
-    ("POST", "/v1/models/meso4_df:predict", {"instances": [1], "inputs": [1]}, 400, "Not expecting both"),
-    ("POST", "/v1/models/meso4_df:predict", {"signature_name": "jpeg", "instances": [{"b64": "not base64!"}]},
-     400, "base64"),
-    ("POST", "/v1/models/meso4_df:predict", {"signature_name": "jpeg",
-                                             "instances": [{"b64": base64.b64encode(b"not an image").decode()}]},
-     400, "Unknown image file format"),
-    ("POST", "/v1/models/meso4_df:predict", {"instances": [[[[1, 2, 3]]]]}, 400, "Input to reshape"),
-    ("POST", "/v1/models/meso4_df:predict", {"instances": [[[[1, 2, 300]]]]}, 400, "uint8"),
-    ("POST", "/v1/models/meso4_df:predict", b"{not json", 400, "JSON Parse error"),
-    ("POST", "/v1/models/meso4_df:predict", {"signature_name": "jpeg"}, 400, "Missing 'inputs' or 'instances' key"),
-    ("GET", "/v1/models", None, 400, "Missing model name in request."),
-    ("POST", "/v1/models/meso4_df/versions/1/labels/stable:predict", {"instances": [1]}, 400, "Malformed request"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "body", "status", "error"),
+    [
+        ("POST", "/v1/models/nope:predict", {"instances": [1]}, 404, "Servable not found for request: Latest(nope)"),
+        ("GET", "/v1/models/nope", None, 404, "Could not find any versions of model nope"),
+        ("GET", "/v1/models/meso4_df/versions/2", None, 404, "Could not find version 2 of model meso4_df"),
+        (
+            "POST",
+            "/v1/models/meso4_df/labels/canary:predict",
+            {"instances": [1]},
+            400,
+            "Unrecognized servable version label: canary",
+        ),
+        (
+            "POST",
+            "/v1/models/meso4_df:predict",
+            {"signature_name": "nope", "instances": [1]},
+            400,
+            'Serving signature name: "nope" not found in signature def',
+        ),
+        ("POST", "/v1/models/meso4_df:predict", {"instances": [1], "inputs": [1]}, 400, "Not expecting both"),
+        (
+            "POST",
+            "/v1/models/meso4_df:predict",
+            {"signature_name": "jpeg", "instances": [{"b64": "not base64!"}]},
+            400,
+            "base64",
+        ),
+        (
+            "POST",
+            "/v1/models/meso4_df:predict",
+            {"signature_name": "jpeg", "instances": [{"b64": base64.b64encode(b"not an image").decode()}]},
+            400,
+            "Unknown image file format",
+        ),
+        ("POST", "/v1/models/meso4_df:predict", {"instances": [[[[1, 2, 3]]]]}, 400, "Input to reshape"),
+        ("POST", "/v1/models/meso4_df:predict", {"instances": [[[[1, 2, 300]]]]}, 400, "uint8"),
+        ("POST", "/v1/models/meso4_df:predict", b"{not json", 400, "JSON Parse error"),
+        ("POST", "/v1/models/meso4_df:predict", {"signature_name": "jpeg"}, 400, "Missing 'inputs' or 'instances' key"),
+        ("GET", "/v1/models", None, 400, "Missing model name in request."),
+        ("POST", "/v1/models/meso4_df/versions/1/labels/stable:predict", {"instances": [1]}, 400, "Malformed request"),
+    ],
+)
 def test_rest_api_errors(server, method, path, body, status, error):
     payload = {"data": body} if isinstance(body, bytes) else {"json": body}
     response = requests.request(method, server.rest_url + path, timeout=30, **payload)
@@ -473,7 +531,8 @@ def test_grpc_status_codes(server):
         request.model_spec.version_label = "stable"
         answer = stub.GetModelStatus(request, timeout=30)
         assert [(s.version, s.state) for s in answer.model_version_status] == [
-            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)]
+            (1, get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        ]
         request.model_spec.name = "nope"
         with pytest.raises(grpc.RpcError) as caught:
             stub.GetModelStatus(request, timeout=30)

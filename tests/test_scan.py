@@ -31,8 +31,14 @@ def predictor():
 @pytest.fixture
 def scanner_for(predictor, staging):
     def make(*servers, **overrides) -> Scanner:
-        values = {"network_allowlist": [s.netloc for s in servers], "temp_dir": staging, "frames": 8,
-                  "socket_timeout_s": 3, "download_timeout_s": 30, **overrides}
+        values = {
+            "network_allowlist": [s.netloc for s in servers],
+            "temp_dir": staging,
+            "frames": 8,
+            "socket_timeout_s": 3,
+            "download_timeout_s": 30,
+            **overrides,
+        }
         return Scanner(ScannerSettings(**values), predictor=predictor)
 
     return make
@@ -51,8 +57,9 @@ def check_done(doc: dict, frames: int) -> None:
     assert set(doc["timings_ms"]) == {"fetch", "decode", "detect", "classify", "total"}
 
 
-@pytest.mark.parametrize("path", [f"/files/{CLIP}", f"/page/video/{CLIP}", f"/page/og/{CLIP}", f"/chain/3/{CLIP}",
-                                  "/hls/index.m3u8"])
+@pytest.mark.parametrize(
+    "path", [f"/files/{CLIP}", f"/page/video/{CLIP}", f"/page/og/{CLIP}", f"/chain/3/{CLIP}", "/hls/index.m3u8"]
+)
 def test_scan_each_kind_of_source(path, server, scanner_for, staging):
     doc = scanner_for(server).scan_url(server.url(path))
     check_done(doc, 8)
@@ -101,8 +108,16 @@ def test_limits(server, scanner_for, staging):
     assert list(staging.iterdir()) == []
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://127.0.0.1/clip.mp4", "http://127.0.0.1:{port}/files/c",
-                                 "http://[::1]:{port}/files/c", "http://[::ffff:127.0.0.1]:{port}/files/c"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://127.0.0.1/clip.mp4",
+        "http://127.0.0.1:{port}/files/c",
+        "http://[::1]:{port}/files/c",
+        "http://[::ffff:127.0.0.1]:{port}/files/c",
+    ],
+)
 def test_blocked_urls(url, server, scanner_for):
     doc = scanner_for().scan_url(url.format(port=server.port))
     validate(doc)
@@ -122,9 +137,25 @@ def test_redirect_to_loopback_is_blocked(server, media_server_factory, scanner_f
 def two_people(tmp_path_factory) -> Path:
     """Two different presenters side by side for 4 s (two shared clips stacked horizontally)."""
     out = tmp_path_factory.mktemp("two") / "two_people.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(require_shared(VIDEOS_DIR / "ffpp_004.mp4")),
-                    "-i", str(require_shared(VIDEOS_DIR / "ffpp_634.mp4")), "-t", "4", "-filter_complex",
-                    "[0:v]scale=640:360[a];[1:v]scale=640:360[b];[a][b]hstack", "-an", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(require_shared(VIDEOS_DIR / "ffpp_004.mp4")),
+            "-i",
+            str(require_shared(VIDEOS_DIR / "ffpp_634.mp4")),
+            "-t",
+            "4",
+            "-filter_complex",
+            "[0:v]scale=640:360[a];[1:v]scale=640:360[b];[a][b]hstack",
+            "-an",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -144,8 +175,22 @@ def test_no_face_and_faces_too_small(tmp_path, scanner_for):
     assert doc["verdict"]["label"] == "no_face"
     assert doc["verdict"]["fake_probability"] is None
     tiny = tmp_path / "tiny.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-i", str(require_shared(VIDEOS_DIR / CLIP)), "-t", "3",
-                    "-vf", "scale=320:180", "-an", str(tiny)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-i",
+            str(require_shared(VIDEOS_DIR / CLIP)),
+            "-t",
+            "3",
+            "-vf",
+            "scale=320:180",
+            "-an",
+            str(tiny),
+        ],
+        check=True,
+    )
     doc = scanner_for(min_face_px=60).scan_file(tiny)
     assert doc["verdict"]["label"] == "no_face"
     assert doc["faces_skipped"] >= 6
@@ -160,8 +205,9 @@ def test_keyframe_mode(scanner_for):
 
 
 def mesoscan(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=300,
-                          **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "serving", *args], capture_output=True, text=True, timeout=300, **kwargs
+    )
 
 
 def test_cli_scan_file_json_and_summary(tmp_path):
@@ -196,9 +242,13 @@ def test_ctrl_c_during_download_leaves_no_temp_files(server, tmp_path):
     staging = tmp_path / "staging"
     staging.mkdir()
     env = {**os.environ, "MESOSCAN_TEMP_DIR": str(staging), "MESOSCAN_NETWORK_ALLOWLIST": json.dumps([server.netloc])}
-    process = subprocess.Popen([sys.executable, "-m", "serving", "scan",
-                                server.url("/drip/dfdc_lynaeydofd.mp4?chunk=65536&every=0.2")],
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serving", "scan", server.url("/drip/dfdc_lynaeydofd.mp4?chunk=65536&every=0.2")],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not any(staging.iterdir()) and time.monotonic() < deadline:
         time.sleep(0.1)

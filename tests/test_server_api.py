@@ -28,6 +28,7 @@ def free_port() -> int:
 
     return free_port()
 
+
 QUEUE = "mesoscan.api-tests"
 
 
@@ -61,22 +62,59 @@ def unique_url(tag: str = "v") -> str:
     return f"https://videos.example/{tag}/{jobs.new_id()}.mp4"
 
 
-def finished_scan(pg_url: str, url: str, title: str = "A clip", label: str = "fake", page_url: str | None = None,
-                  probability: float = 0.9) -> str:
+def finished_scan(
+    pg_url: str,
+    url: str,
+    title: str = "A clip",
+    label: str = "fake",
+    page_url: str | None = None,
+    probability: float = 0.9,
+) -> str:
     """A scan record finished with a schema-valid verdict document, as a worker would leave it."""
     from scanner.verdict import ScoredFace, build_document, validate
 
     with session_scope(pg_url) as session:
-        scan = jobs.submit(session, url=url, page_url=page_url, model=DEFAULT_MODEL, version=DEFAULT_VERSION,
-                           api_key_id=None, cache_ttl_s=0).scan
-    faces = [ScoredFace(t=t, frame=i, person=0, box=(10, 10, 64, 64), fake_probability=probability,
-                        image=np.full((256, 256, 3), 100, "uint8")) for i, t in enumerate((0.5, 1.0))]
-    source = {"url": url, "title": title, "duration_s": 2.0, "width": 640, "height": 480, "fps": 25.0,
-              "sha256": "ab" * 32}
-    document = build_document(source=source, model={"name": DEFAULT_MODEL, "version": DEFAULT_VERSION,
-                                                           "backend": "embedded"},
-                              threshold=0.5, band=0.1, faces=faces, frame_times=[0.0, 0.5, 1.0, 1.5],
-                              faces_skipped=0, keyframes=False, top=2, timings_ms={"total": 1000.0})
+        scan = jobs.submit(
+            session,
+            url=url,
+            page_url=page_url,
+            model=DEFAULT_MODEL,
+            version=DEFAULT_VERSION,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
+    faces = [
+        ScoredFace(
+            t=t,
+            frame=i,
+            person=0,
+            box=(10, 10, 64, 64),
+            fake_probability=probability,
+            image=np.full((256, 256, 3), 100, "uint8"),
+        )
+        for i, t in enumerate((0.5, 1.0))
+    ]
+    source = {
+        "url": url,
+        "title": title,
+        "duration_s": 2.0,
+        "width": 640,
+        "height": 480,
+        "fps": 25.0,
+        "sha256": "ab" * 32,
+    }
+    document = build_document(
+        source=source,
+        model={"name": DEFAULT_MODEL, "version": DEFAULT_VERSION, "backend": "embedded"},
+        threshold=0.5,
+        band=0.1,
+        faces=faces,
+        frame_times=[0.0, 0.5, 1.0, 1.5],
+        faces_skipped=0,
+        keyframes=False,
+        top=2,
+        timings_ms={"total": 1000.0},
+    )
     document["verdict"]["label"] = label
     validate(document)
     assert jobs.finish(pg_url, scan.id, document)
@@ -107,8 +145,10 @@ def test_same_url_while_queued_joins_the_same_scan(client, redis_queue):
     url = unique_url()
     first = client.post("/api/v1/scans", json={"url": url}).get_json()
     # The same video, written differently: host case, default port, fragment, tracking parameter.
-    again = client.post("/api/v1/scans", json={"url": url.replace("https://videos.example",
-                                                                   "HTTPS://Videos.Example:443") + "?utm_source=x#t=3"})
+    again = client.post(
+        "/api/v1/scans",
+        json={"url": url.replace("https://videos.example", "HTTPS://Videos.Example:443") + "?utm_source=x#t=3"},
+    )
     assert again.status_code == 202 and again.get_json()["id"] == first["id"]
     assert redis_queue() == 1
 
@@ -166,8 +206,18 @@ def test_batch_with_duplicates_and_bad_urls(client, redis_queue, pg_url):
     a, b = unique_url("a"), unique_url("b")
     done = unique_url("done")
     done_id = finished_scan(pg_url, done)
-    urls = [a, b, a + "#dup", done, "ftp://files.example/v.mp4", "http://127.0.0.1/admin", "not a url",
-            "http://[::1]:8080/x", "http://169.254.169.254/latest/meta-data", b]
+    urls = [
+        a,
+        b,
+        a + "#dup",
+        done,
+        "ftp://files.example/v.mp4",
+        "http://127.0.0.1/admin",
+        "not a url",
+        "http://[::1]:8080/x",
+        "http://169.254.169.254/latest/meta-data",
+        b,
+    ]
     r = client.post("/api/v1/batches", json={"urls": urls})
     assert r.status_code == 202, r.get_json()
     batch = r.get_json()
@@ -188,8 +238,16 @@ def test_batch_with_duplicates_and_bad_urls(client, redis_queue, pg_url):
     assert again.status_code == 200 and again.get_json()["counts"] == batch["counts"]
 
 
-@pytest.mark.parametrize("body", [{"urls": []}, {"urls": "https://a.example/v"}, {"urls": [1, 2]}, {"url": "x"},
-                                  {"urls": ["https://a.example/v"], "extra": 1}])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"urls": []},
+        {"urls": "https://a.example/v"},
+        {"urls": [1, 2]},
+        {"url": "x"},
+        {"urls": ["https://a.example/v"], "extra": 1},
+    ],
+)
 def test_invalid_batch_bodies(client, body):
     r = client.post("/api/v1/batches", json=body)
     assert r.status_code == 400 and r.get_json()["error"]["code"] == "invalid_request"
@@ -204,21 +262,24 @@ def test_batch_size_limit(make_app, key):
 # --- errors -------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("body", "code"), [
-    ({}, "invalid_request"),
-    ({"url": ""}, "invalid_request"),
-    ({"url": 42}, "invalid_request"),
-    ({"url": "https://a.example/v", "colour": "red"}, "invalid_request"),
-    ([1, 2], "invalid_request"),
-    ({"url": "file:///etc/passwd"}, "invalid_url"),
-    ({"url": "javascript:alert(1)"}, "invalid_url"),
-    ({"url": "/local/path.mp4"}, "invalid_url"),
-    ({"url": "http://127.0.0.1:6379/"}, "blocked_address"),
-    ({"url": "http://10.1.2.3/v.mp4"}, "blocked_address"),
-    ({"url": "http://0x7f000001/"}, "blocked_address"),
-    ({"url": "https://a.example/v", "page_url": "javascript:alert(1)"}, "invalid_url"),
-    ({"url": "https://a.example/v", "model": "no_such_model"}, "unknown_model"),
-])
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        ({}, "invalid_request"),
+        ({"url": ""}, "invalid_request"),
+        ({"url": 42}, "invalid_request"),
+        ({"url": "https://a.example/v", "colour": "red"}, "invalid_request"),
+        ([1, 2], "invalid_request"),
+        ({"url": "file:///etc/passwd"}, "invalid_url"),
+        ({"url": "javascript:alert(1)"}, "invalid_url"),
+        ({"url": "/local/path.mp4"}, "invalid_url"),
+        ({"url": "http://127.0.0.1:6379/"}, "blocked_address"),
+        ({"url": "http://10.1.2.3/v.mp4"}, "blocked_address"),
+        ({"url": "http://0x7f000001/"}, "blocked_address"),
+        ({"url": "https://a.example/v", "page_url": "javascript:alert(1)"}, "invalid_url"),
+        ({"url": "https://a.example/v", "model": "no_such_model"}, "unknown_model"),
+    ],
+)
 def test_bad_submissions_are_400(client, redis_queue, body, code):
     r = client.post("/api/v1/scans", json=body)
     assert r.status_code == 400
@@ -271,8 +332,12 @@ def test_keys_are_stored_hashed(pg_url, key):
 
 
 def test_unknown_ids_are_404(client):
-    for path in ("/api/v1/scans/doesnotexist", "/api/v1/batches/doesnotexist", "/api/v1/scans/..%2F..%2Fetc",
-                 "/api/v1/nothing-here"):
+    for path in (
+        "/api/v1/scans/doesnotexist",
+        "/api/v1/batches/doesnotexist",
+        "/api/v1/scans/..%2F..%2Fetc",
+        "/api/v1/nothing-here",
+    ):
         r = client.get(path)
         assert r.status_code == 404 and r.get_json()["error"]["code"] == "not_found", path
 
@@ -288,8 +353,10 @@ def test_rate_limit_per_key_is_429_with_retry_after(make_app, pg_url, redis_queu
         limited = create_key(session, "limited", rate_limit="2/minute").key
         other = create_key(session, "other").key
     c = make_app().test_client()
-    statuses = [c.post("/api/v1/scans", json={"url": unique_url()}, headers={"X-API-Key": limited}).status_code
-                for _ in range(3)]
+    statuses = [
+        c.post("/api/v1/scans", json={"url": unique_url()}, headers={"X-API-Key": limited}).status_code
+        for _ in range(3)
+    ]
     assert statuses == [202, 202, 429]
     r = c.post("/api/v1/batches", json={"urls": [unique_url()]}, headers={"X-API-Key": limited})
     assert r.status_code == 429 and r.get_json()["error"]["code"] == "rate_limited"
@@ -335,8 +402,14 @@ def test_cors_only_for_the_extension_and_configured_origins(make_app, key):
     ext = "chrome-extension://abcdefghijklmnopabcdefghijklmnop"
     c = make_app(extension_origin=ext, cors_origins=["https://dash.example"]).test_client()
     for origin in (ext, "https://dash.example"):
-        pre = c.options("/api/v1/scans", headers={"Origin": origin, "Access-Control-Request-Method": "POST",
-                                                   "Access-Control-Request-Headers": "content-type,x-api-key"})
+        pre = c.options(
+            "/api/v1/scans",
+            headers={
+                "Origin": origin,
+                "Access-Control-Request-Method": "POST",
+                "Access-Control-Request-Headers": "content-type,x-api-key",
+            },
+        )
         assert pre.headers.get("Access-Control-Allow-Origin") == origin
         assert "x-api-key" in pre.headers.get("Access-Control-Allow-Headers", "").lower()
     r = c.get("/api/v1/scans/x", headers={"Origin": "https://evil.example", "X-API-Key": key})
@@ -350,8 +423,9 @@ def test_cors_only_for_the_extension_and_configured_origins(make_app, key):
 
 def test_report_page_escapes_what_came_from_the_video(app, pg_url):
     evil = '<script>alert("t")</script><img src=x onerror=alert(1)>'
-    scan_id = finished_scan(pg_url, unique_url("xss") + '?q="><script>alert(2)</script>', title=evil,
-                            page_url="javascript:alert(3)")
+    scan_id = finished_scan(
+        pg_url, unique_url("xss") + '?q="><script>alert(2)</script>', title=evil, page_url="javascript:alert(3)"
+    )
     with session_scope(pg_url) as session:
         token = jobs.page_of(session, scan_id, None).id  # the page URL shows on its submission's report link only
     r = app.test_client().get(f"/scans/{scan_id}?s={token}")
@@ -372,13 +446,35 @@ def test_report_page_for_queued_failed_and_missing(client, app, pg_url):
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.get_data(as_text=True)
 
     with session_scope(pg_url) as session:
-        scan = jobs.submit(session, url=unique_url("fail"), page_url=None, model=DEFAULT_MODEL, version=1,
-                           api_key_id=None, cache_ttl_s=0).scan
+        scan = jobs.submit(
+            session,
+            url=unique_url("fail"),
+            page_url=None,
+            model=DEFAULT_MODEL,
+            version=1,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
     from scanner.verdict import failed_document
 
-    jobs.finish(pg_url, scan.id, failed_document(source={"url": scan.url, "title": None, "duration_s": None,
-                                                         "width": None, "height": None, "fps": None, "sha256": None},
-                                                 model=None, code="not_a_video", message="<b>not a video</b>"))
+    jobs.finish(
+        pg_url,
+        scan.id,
+        failed_document(
+            source={
+                "url": scan.url,
+                "title": None,
+                "duration_s": None,
+                "width": None,
+                "height": None,
+                "fps": None,
+                "sha256": None,
+            },
+            model=None,
+            code="not_a_video",
+            message="<b>not a video</b>",
+        ),
+    )
     html = app.test_client().get(f"/scans/{scan.id}").get_data(as_text=True)
     assert "Scan failed" in html and "&lt;b&gt;not a video&lt;/b&gt;" in html and "not_a_video" in html
 
@@ -427,12 +523,15 @@ def test_openapi_document_is_served_and_valid(app):
 # --- units --------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ("HTTPS://Example.COM:443/v?b=2&a=1#frag", "https://example.com/v?a=1&b=2"),
-    ("http://example.com:80", "http://example.com/"),
-    ("https://example.com/watch?v=abc&utm_source=tw&fbclid=1", "https://example.com/watch?v=abc"),
-    ("http://[::1]:8080/x", "http://[::1]:8080/x"),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("HTTPS://Example.COM:443/v?b=2&a=1#frag", "https://example.com/v?a=1&b=2"),
+        ("http://example.com:80", "http://example.com/"),
+        ("https://example.com/watch?v=abc&utm_source=tw&fbclid=1", "https://example.com/watch?v=abc"),
+        ("http://[::1]:8080/x", "http://[::1]:8080/x"),
+    ],
+)
 def test_normalize_url(a, b):
     assert jobs.normalize_url(a) == b
 

@@ -83,15 +83,29 @@ def test_dev_mode_scans_a_clip(tmp_path):
     from tests.support.server_stack import Service, free_port, wait_for
 
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESOSCAN_")
-           or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")}
-    env.update({"MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}", "MESOSCAN_FRAMES": "8",
-                "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]', "TF_CPP_MIN_LOG_LEVEL": "2"})
-    server = Service("dev server", [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)], env,
-                     tmp_path / "dev.log").start()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
+    }
+    env.update(
+        {
+            "MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
+            "MESOSCAN_FRAMES": "8",
+            "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]',
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
+    server = Service(
+        "dev server",
+        [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)],
+        env,
+        tmp_path / "dev.log",
+    ).start()
     base = f"http://127.0.0.1:{port}"
     media = MediaServer(files={"ffpp_004.mp4": require_shared(VIDEOS_DIR) / "ffpp_004.mp4"}).start()
     try:
+
         def up():
             server.check_alive()
             try:

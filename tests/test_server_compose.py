@@ -39,8 +39,11 @@ def setting_names() -> set[str]:
     from server.config import ServerSettings
     from serving.config import ServingSettings
 
-    return {f"MESOSCAN_{name.upper()}" for cls in (ServerSettings, ScannerSettings, ServingSettings)
-            for name in cls.model_fields}
+    return {
+        f"MESOSCAN_{name.upper()}"
+        for cls in (ServerSettings, ScannerSettings, ServingSettings)
+        for name in cls.model_fields
+    }
 
 
 def environment(service: str) -> dict[str, str]:
@@ -69,12 +72,18 @@ def test_the_services_of_the_production_shape():
 
 def test_every_mesoscan_variable_is_a_real_setting():
     known = setting_names()
-    used = set(re.findall(r"\bMESOSCAN_[A-Z0-9_]+", COMPOSE_TEXT)) | {k for k in env_example()
-                                                                      if k.startswith("MESOSCAN_")}
+    used = set(re.findall(r"\bMESOSCAN_[A-Z0-9_]+", COMPOSE_TEXT)) | {
+        k for k in env_example() if k.startswith("MESOSCAN_")
+    }
     assert used, "no MESOSCAN_ variables found"
     assert used - known == set(), f"not settings of the code: {sorted(used - known)}"
-    required = {"MESOSCAN_BROKER_URL", "MESOSCAN_DATABASE_URL", "MESOSCAN_MODEL_BACKEND", "MESOSCAN_TFSERVING_URL",
-                "MESOSCAN_ALLOW_PRIVATE_NETWORKS"}
+    required = {
+        "MESOSCAN_BROKER_URL",
+        "MESOSCAN_DATABASE_URL",
+        "MESOSCAN_MODEL_BACKEND",
+        "MESOSCAN_TFSERVING_URL",
+        "MESOSCAN_ALLOW_PRIVATE_NETWORKS",
+    }
     assert required <= set(env_example()), f"undocumented in .env.example: {required - set(env_example())}"
 
 
@@ -117,8 +126,12 @@ def test_services_reach_each_other_on_the_right_ports():
     assert (broker.host, broker.port or 6379) == ("redis", 6379)
     database = make_url(INTERPOLATION.sub("secret", env["MESOSCAN_DATABASE_URL"]))
     pg = environment("postgres")
-    assert (database.host, database.port, database.username, database.database) == \
-        ("postgres", 5432, pg["POSTGRES_USER"], pg["POSTGRES_DB"])
+    assert (database.host, database.port, database.username, database.database) == (
+        "postgres",
+        5432,
+        pg["POSTGRES_USER"],
+        pg["POSTGRES_DB"],
+    )
     host, port = env["MESOSCAN_TFSERVING_URL"].split(":")
     assert host == "tfserving" and port == flags("tfserving")["port"]
     assert env["MESOSCAN_MODEL_BACKEND"] == "tfserving-grpc"
@@ -191,7 +204,7 @@ def test_volumes_and_dependencies_are_declared():
             source = volume.split(":")[0]
             assert source in declared, f"{name}: volume {source} is not declared"
         depends = service.get("depends_on") or {}
-        for other, spec in (depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends)):
+        for other, spec in depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends):
             assert other in SERVICES, f"{name} depends on unknown {other}"
             if spec.get("condition") == "service_healthy":
                 assert SERVICES[other].get("healthcheck"), f"{other} has no healthcheck to wait for"

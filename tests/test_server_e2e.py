@@ -98,9 +98,9 @@ def test_a_batch_of_ten_with_duplicates_and_bad_urls(server_stack):
     urls = [
         clip("ffpp_004_982_NT.mp4"),
         clip("ffpp_634_660_FS.mp4"),
-        clip("ffpp_004_982_NT.mp4") + "#again",        # duplicate of the first
+        clip("ffpp_004_982_NT.mp4") + "#again",  # duplicate of the first
         clip("ffpp_634_660_FS.mp4").replace("http://", "HTTP://"),  # the same URL, written differently
-        clip("text.mp4", route="files"),                 # not served: 404, not retried
+        clip("text.mp4", route="files"),  # not served: 404, not retried
         server_stack.media.url("/status/404"),
         "file:///etc/passwd",
         "http://169.254.169.254/latest/meta-data/",
@@ -113,8 +113,12 @@ def test_a_batch_of_ten_with_duplicates_and_bad_urls(server_stack):
     assert batch["counts"]["rejected"] == 4 and batch["total"] == 10
     items = batch["items"]
     assert items[0]["scan_id"] == items[2]["scan_id"] and items[1]["scan_id"] == items[3]["scan_id"]
-    assert [i["error"]["code"] for i in items[6:]] == ["invalid_url", "blocked_address", "blocked_address",
-                                                       "invalid_url"]
+    assert [i["error"]["code"] for i in items[6:]] == [
+        "invalid_url",
+        "blocked_address",
+        "blocked_address",
+        "invalid_url",
+    ]
 
     http = server_stack.session()
 
@@ -142,8 +146,9 @@ def test_gateway_health_and_metrics_over_http(server_stack):
     ready = requests.get(f"{server_stack.base_url}/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
     assert requests.get(f"{server_stack.base_url}/metrics", timeout=10).status_code == 401  # the token is needed
-    metrics = requests.get(f"{server_stack.base_url}/metrics", timeout=10,
-                           headers={"Authorization": f"Bearer {METRICS_TOKEN}"}).text
-    assert 'mesoscan_scans{label=' in metrics and "mesoscan_queue_depth" in metrics
+    metrics = requests.get(
+        f"{server_stack.base_url}/metrics", timeout=10, headers={"Authorization": f"Bearer {METRICS_TOKEN}"}
+    ).text
+    assert "mesoscan_scans{label=" in metrics and "mesoscan_queue_depth" in metrics
     assert 'mesoscan_stage_seconds_count{stage="total"}' in metrics
     assert "mesoscan_http_requests_total" in metrics

@@ -38,8 +38,9 @@ def test_worker_killed_mid_scan_another_finishes_it_once(server_stack):
     assert r.status_code == 202, r.text
     scan_id = r.json()["id"]
 
-    row = wait_for(lambda: (s := scan_row(stack, scan_id)).status == "running" and s.worker and s, 60,
-                   what="the scan to start")
+    row = wait_for(
+        lambda: (s := scan_row(stack, scan_id)).status == "running" and s.worker and s, 60, what="the scan to start"
+    )
     time.sleep(1.0)  # well into the download
     assert scan_row(stack, scan_id).status == "running"
     victim = next(w for w in stack.live_workers() if w.name == f"worker {row.worker.split('@')[0]}")
@@ -55,8 +56,12 @@ def test_worker_killed_mid_scan_another_finishes_it_once(server_stack):
     hits = stack.media.hits[path]
     time.sleep(4)  # longer than the stale-heartbeat window: nothing runs it again
     again = scan_row(stack, scan_id)
-    assert (again.status, again.attempts, again.finished_at, again.result) == \
-        ("done", 2, finished.finished_at, finished.result)
+    assert (again.status, again.attempts, again.finished_at, again.result) == (
+        "done",
+        2,
+        finished.finished_at,
+        finished.result,
+    )
     assert stack.media.hits[path] == hits
     stack.workers.remove(victim)
 
@@ -66,13 +71,18 @@ def test_redis_restarted_during_a_batch_the_batch_completes(server_stack):
     if not stack.live_workers():
         stack.add_worker(f"w{len(stack.workers) + 1}")
     http = stack.session()
-    urls = [stack.media.url(f"/drip/{name}?chunk=200000&every=0.4")
-            for name in ("ffpp_004_982_NT.mp4", "ffpp_634.mp4", "ffpp_634_660_FS.mp4")]
+    urls = [
+        stack.media.url(f"/drip/{name}?chunk=200000&every=0.4")
+        for name in ("ffpp_004_982_NT.mp4", "ffpp_634.mp4", "ffpp_634_660_FS.mp4")
+    ]
     r = http.post(f"{stack.base_url}/api/v1/batches", json={"urls": urls}, timeout=10)
     assert r.status_code == 202, r.text
     batch = r.json()
-    wait_for(lambda: http.get(batch["status_url"], timeout=5).json()["counts"]["running"] >= 1, 60,
-             what="a scan of the batch to start")
+    wait_for(
+        lambda: http.get(batch["status_url"], timeout=5).json()["counts"]["running"] >= 1,
+        60,
+        what="a scan of the batch to start",
+    )
     assert stack.redis.client().llen("mesoscan.scans") >= 1  # the rest wait in Redis, and will be lost
 
     stack.redis.stop()
@@ -108,11 +118,16 @@ def test_redis_restarted_during_a_batch_the_batch_completes(server_stack):
         scan = http.get(f"{stack.base_url}/api/v1/scans/{item['scan_id']}", timeout=5).json()
         validate(scan["result"])
         assert 1 <= scan["attempts"] <= 2
-    wait_for(lambda: requests.get(f"{stack.base_url}/readyz", timeout=15).status_code == 200, 15, interval=0.5,
-             what="/readyz to see the broker back")
+    wait_for(
+        lambda: requests.get(f"{stack.base_url}/readyz", timeout=15).status_code == 200,
+        15,
+        interval=0.5,
+        what="/readyz to see the broker back",
+    )
     # Submissions work again through the gateway's reconnected broker pool.
-    r = http.post(f"{stack.base_url}/api/v1/scans", json={"url": stack.clip("ffpp_004.mp4", query="after=1")},
-                  timeout=10)
+    r = http.post(
+        f"{stack.base_url}/api/v1/scans", json={"url": stack.clip("ffpp_004.mp4", query="after=1")}, timeout=10
+    )
     assert r.status_code in (200, 202)
 
 
@@ -121,8 +136,14 @@ def test_model_backend_down_scans_fail_after_retries_and_readyz_says_so(server_s
 
     stack = server_stack
     dead = f"127.0.0.1:{free_port()}"
-    backend = {"MESOSCAN_MODEL_BACKEND": "tfserving-grpc", "MESOSCAN_TFSERVING_URL": dead, "MESOSCAN_RETRIES": "0",
-               "MESOSCAN_REQUEST_TIMEOUT_S": "3", "MESOSCAN_QUEUE": "mesoscan.nomodel", "MESOSCAN_MAX_ATTEMPTS": "2"}
+    backend = {
+        "MESOSCAN_MODEL_BACKEND": "tfserving-grpc",
+        "MESOSCAN_TFSERVING_URL": dead,
+        "MESOSCAN_RETRIES": "0",
+        "MESOSCAN_REQUEST_TIMEOUT_S": "3",
+        "MESOSCAN_QUEUE": "mesoscan.nomodel",
+        "MESOSCAN_MAX_ATTEMPTS": "2",
+    }
     worker = stack.add_worker("nomodel", **backend)
     try:
         for name, value in backend.items():
@@ -140,8 +161,12 @@ def test_model_backend_down_scans_fail_after_retries_and_readyz_says_so(server_s
         r = client.post("/api/v1/scans", json={"url": stack.clip("dfdc_yhffcuhhjy.mp4")})
         assert r.status_code == 202, r.get_json()
         scan_id = r.get_json()["id"]
-        scan = wait_for(lambda: (b := client.get(f"/api/v1/scans/{scan_id}").get_json())["status"] in
-                        ("done", "failed") and b, 120, interval=0.3, what="the scan to fail")
+        scan = wait_for(
+            lambda: (b := client.get(f"/api/v1/scans/{scan_id}").get_json())["status"] in ("done", "failed") and b,
+            120,
+            interval=0.3,
+            what="the scan to fail",
+        )
         assert scan["status"] == "failed", scan
         assert scan["result"]["error"]["code"] == "model_unavailable"
         assert scan["result"]["error"]["retryable"] is True
@@ -164,8 +189,15 @@ def test_a_scan_that_keeps_crashing_workers_ends_failed(server_stack):
         stack.add_worker(f"w{len(stack.workers) + 1}")
     path = "/files/ffpp_519.mp4"
     with session_scope(stack.database_url) as session:
-        scan = jobs.submit(session, url=stack.media.url(path + "?crashy=1"), page_url=None, model=DEFAULT_MODEL,
-                           version=1, api_key_id=None, cache_ttl_s=0).scan
+        scan = jobs.submit(
+            session,
+            url=stack.media.url(path + "?crashy=1"),
+            page_url=None,
+            model=DEFAULT_MODEL,
+            version=1,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
         row = session.get(Scan, scan.id)
         row.status, row.attempts, row.worker = "running", 3, "ghost@test"  # three deliveries crashed their worker
         row.heartbeat_at = utcnow() - dt.timedelta(minutes=5)
@@ -173,8 +205,10 @@ def test_a_scan_that_keeps_crashing_workers_ends_failed(server_stack):
     # No message exists for it: the workers' recovery finds the silent scan and sends it again.
     done = stack.wait_scan(scan.id, timeout=60)
     assert done["status"] == "failed"
-    assert done["result"]["error"]["code"] == "internal_error" and "gave up after 3 attempts" in \
-        done["result"]["error"]["message"]
+    assert (
+        done["result"]["error"]["code"] == "internal_error"
+        and "gave up after 3 attempts" in done["result"]["error"]["message"]
+    )
     assert done["attempts"] == 4
     validate(done["result"])
     assert stack.media.hits[path] == hits  # it was not fetched again
@@ -187,8 +221,9 @@ def test_finished_verdicts_survive_restarts_of_gateway_and_redis(server_stack):
     if not stack.live_workers():
         stack.add_worker(f"w{len(stack.workers) + 1}")
     url = stack.clip("ffpp_004.mp4", query="restarts=1")
-    scan = stack.wait_scan(stack.session().post(f"{stack.base_url}/api/v1/scans", json={"url": url},
-                                                timeout=10).json()["id"])
+    scan = stack.wait_scan(
+        stack.session().post(f"{stack.base_url}/api/v1/scans", json={"url": url}, timeout=10).json()["id"]
+    )
     assert scan["status"] == "done"
 
     stack.gateway.stop()
@@ -208,10 +243,17 @@ def test_models_load_after_the_fork_never_at_import(server_stack):
     import subprocess
     import sys
 
-    code = ("import sys, server.app, server.tasks, server.cli, server.worker_app; "
-            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'")
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1],
-                   env=server_stack.env, timeout=60)
+    code = (
+        "import sys, server.app, server.tasks, server.cli, server.worker_app; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'TensorFlow imported'"
+    )
+    subprocess.run(
+        [sys.executable, "-c", code],
+        check=True,
+        cwd=Path(__file__).resolve().parents[1],
+        env=server_stack.env,
+        timeout=60,
+    )
     logs = "\n".join(w.log(200_000) for w in server_stack.workers)
     loaded = [line for line in logs.splitlines() if f"worker process ready: {DEFAULT_MODEL}" in line]
     assert loaded and all("ForkPoolWorker" in line for line in loaded), loaded

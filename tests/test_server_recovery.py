@@ -40,8 +40,14 @@ def redis_url(stack_redis):
 @pytest.fixture
 def sweeper(database, redis_url):
     sent: list[tuple[str, str]] = []
-    settings = ServerSettings(database_url=database, broker_url=redis_url, heartbeat_s=1, stale_after_s=10,
-                              recovery_interval_s=1, requeue_after_s=3600)
+    settings = ServerSettings(
+        database_url=database,
+        broker_url=redis_url,
+        heartbeat_s=1,
+        stale_after_s=10,
+        recovery_interval_s=1,
+        requeue_after_s=3600,
+    )
 
     def make():
         return Recovery(settings, lambda scan_id, task_id: sent.append((scan_id, task_id)))
@@ -53,8 +59,15 @@ def sweeper(database, redis_url):
 
 def new_scan(database, tag: str, **changes) -> Scan:
     with session_scope(database) as session:
-        scan = jobs.submit(session, url=f"http://127.0.0.1:9/{tag}", page_url=None, model=DEFAULT_MODEL, version=1,
-                           api_key_id=None, cache_ttl_s=0).scan
+        scan = jobs.submit(
+            session,
+            url=f"http://127.0.0.1:9/{tag}",
+            page_url=None,
+            model=DEFAULT_MODEL,
+            version=1,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
     if changes:
         with session_scope(database) as session:
             row = session.get(Scan, scan.id)
@@ -88,8 +101,9 @@ def test_a_broker_that_lost_its_data_gets_every_queued_scan_again(database, swee
 
 def test_a_running_scan_without_heartbeat_is_sent_again(database, sweeper):
     sweeper.redis.set(MARKER_KEY, "x")
-    silent = new_scan(database, "silent", status="running", attempts=1,
-                      heartbeat_at=utcnow() - dt.timedelta(seconds=30))
+    silent = new_scan(
+        database, "silent", status="running", attempts=1, heartbeat_at=utcnow() - dt.timedelta(seconds=30)
+    )
     alive = new_scan(database, "alive", status="running", attempts=1, heartbeat_at=utcnow())
     assert sweeper().sweep() == 1
     assert [scan_id for scan_id, _ in sweeper.sent] == [silent.id]

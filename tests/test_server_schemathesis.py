@@ -36,8 +36,15 @@ def fuzz(make_app, stack_redis, pg_url):
         key = create_key(session, "schemathesis").key
     app = make_app(queue=QUEUE)
     # An oversized invalid body is refused with 413 (documented) before it is validated.
-    config = SchemathesisConfig.from_dict({"checks": {"negative_data_rejection": {
-        "expected-statuses": ["400", "401", "404", "405", "413", "415", "422", "429"]}}})
+    config = SchemathesisConfig.from_dict(
+        {
+            "checks": {
+                "negative_data_rejection": {
+                    "expected-statuses": ["400", "401", "404", "405", "413", "415", "422", "429"]
+                }
+            }
+        }
+    )
     yield schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app, config=config), key
     stack_redis.client().delete(QUEUE)
 
@@ -56,9 +63,12 @@ def test_the_document_covers_every_route(make_app):
     from server.openapi import document
 
     app = make_app()
-    routes = {(method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
-              for rule in app.url_map.iter_rules() if rule.endpoint != "static"
-              for method in rule.methods - {"HEAD", "OPTIONS"}}
+    routes = {
+        (method, re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", rule.rule))
+        for rule in app.url_map.iter_rules()
+        if rule.endpoint != "static"
+        for method in rule.methods - {"HEAD", "OPTIONS"}
+    }
     documented = {(method.upper(), path) for path, item in document()["paths"].items() for method in item}
     assert routes == documented
 

@@ -60,7 +60,8 @@ def test_models_config_is_what_the_registry_renders():
     from serving.registry import list_models
 
     assert MODELS_CONFIG.read_text() == render_models_config(list_models()), (
-        "serving/models.config is out of date: run `mesoscan export --write-config serving/models.config`")
+        "serving/models.config is out of date: run `mesoscan export --write-config serving/models.config`"
+    )
 
 
 def test_write_config_command(tmp_path):
@@ -81,12 +82,15 @@ def test_write_config_command(tmp_path):
     assert [(c.name, c.base_path) for c in config.model_config_list.config] == [("meso4_df", "/srv/models/meso4_df")]
 
 
-@pytest.mark.parametrize(("original", "typo"), [
-    ('base_path: "/models/meso4_df"', 'base_pth: "/models/meso4_df"'),  # unknown field
-    ("versions: 1", "versions: one"),  # wrong value type
-    ('key: "stable"\n      value: 1', 'key: "stable"\n      value: "1"'),  # label version as a string
-    ('model_platform: "tensorflow"', "model_platform: tensorflow"),  # unquoted string
-])
+@pytest.mark.parametrize(
+    ("original", "typo"),
+    [
+        ('base_path: "/models/meso4_df"', 'base_pth: "/models/meso4_df"'),  # unknown field
+        ("versions: 1", "versions: one"),  # wrong value type
+        ('key: "stable"\n      value: 1', 'key: "stable"\n      value: "1"'),  # label version as a string
+        ('model_platform: "tensorflow"', "model_platform: tensorflow"),  # unquoted string
+    ],
+)
 def test_a_typo_in_models_config_is_rejected(original, typo):
     text = MODELS_CONFIG.read_text()
     assert original in text
@@ -100,16 +104,19 @@ def test_a_typo_in_models_config_is_rejected(original, typo):
 def test_batching_message_matches_tf_servings_proto():
     from google.protobuf.descriptor import FieldDescriptor
 
-    declared = {name: (int(number), kind, bool(repeated)) for repeated, kind, name, number in re.findall(
-        r"^\s+(repeated )?([\w.]+) (\w+) = (\d+);", SESSION_BUNDLE_CONFIG_PROTO, flags=re.MULTILINE)}
+    declared = {
+        name: (int(number), kind, bool(repeated))
+        for repeated, kind, name, number in re.findall(
+            r"^\s+(repeated )?([\w.]+) (\w+) = (\d+);", SESSION_BUNDLE_CONFIG_PROTO, flags=re.MULTILINE
+        )
+    }
     fields = batching_parameters_class().DESCRIPTOR.fields_by_name
     assert set(fields) == set(declared)
     scalar = {FieldDescriptor.TYPE_INT64: "int64", FieldDescriptor.TYPE_BOOL: "bool"}
     for name, field in fields.items():
         kind = field.message_type.full_name if field.message_type else scalar[field.type]
         number, declared_kind, repeated = declared[name]
-        assert (field.number, kind, field.is_repeated) == (
-            number, declared_kind, repeated), name
+        assert (field.number, kind, field.is_repeated) == (number, declared_kind, repeated), name
 
 
 def test_committed_batching_config_is_valid_for_batches_of_32_faces():
@@ -125,14 +132,17 @@ def test_committed_batching_config_is_valid_for_batches_of_32_faces():
     assert not params.pad_variable_length_inputs
 
 
-@pytest.mark.parametrize(("original", "typo", "message"), [
-    ("max_batch_size { value: 64 }", "max_batch_sise { value: 64 }", "max_batch_sise"),  # unknown field
-    ("num_batch_threads { value: 4 }", "num_batch_threads: 4", "num_batch_threads"),  # wrapper given a scalar
-    ("batch_timeout_micros { value: 1000 }", "batch_timeout_micros { value: 1.5 }", "batch_timeout_micros|1.5"),
-    ("allowed_batch_sizes: 8", "allowed_batch_sizes: eight", "eight"),
-    ("pad_variable_length_inputs: false", "pad_variable_length_inputs: 3", "pad_variable_length_inputs"),
-    ("max_enqueued_batches { value: 64 }", "max_enqueued_batches { valu: 64 }", "valu"),
-])
+@pytest.mark.parametrize(
+    ("original", "typo", "message"),
+    [
+        ("max_batch_size { value: 64 }", "max_batch_sise { value: 64 }", "max_batch_sise"),  # unknown field
+        ("num_batch_threads { value: 4 }", "num_batch_threads: 4", "num_batch_threads"),  # wrapper given a scalar
+        ("batch_timeout_micros { value: 1000 }", "batch_timeout_micros { value: 1.5 }", "batch_timeout_micros|1.5"),
+        ("allowed_batch_sizes: 8", "allowed_batch_sizes: eight", "eight"),
+        ("pad_variable_length_inputs: false", "pad_variable_length_inputs: 3", "pad_variable_length_inputs"),
+        ("max_enqueued_batches { value: 64 }", "max_enqueued_batches { valu: 64 }", "valu"),
+    ],
+)
 def test_a_typo_in_batching_config_is_rejected(original, typo, message):
     text = BATCHING_CONFIG.read_text()
     assert original in text
@@ -140,12 +150,15 @@ def test_a_typo_in_batching_config_is_rejected(original, typo, message):
         check_batching_config(text.replace(original, typo, 1))
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    (("allowed_batch_sizes: 64", "allowed_batch_sizes: 48"), "must equal max_batch_size"),
-    (("allowed_batch_sizes: 16", "allowed_batch_sizes: 4"), "increasing"),
-    (("num_batch_threads { value: 4 }", "num_batch_threads { value: 0 }"), "num_batch_threads must be >= 1"),
-    (("max_batch_size { value: 64 }", ""), "max_batch_size is not set"),
-])
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (("allowed_batch_sizes: 64", "allowed_batch_sizes: 48"), "must equal max_batch_size"),
+        (("allowed_batch_sizes: 16", "allowed_batch_sizes: 4"), "increasing"),
+        (("num_batch_threads { value: 4 }", "num_batch_threads { value: 0 }"), "num_batch_threads must be >= 1"),
+        (("max_batch_size { value: 64 }", ""), "max_batch_size is not set"),
+    ],
+)
 def test_batching_settings_tf_serving_refuses_are_rejected(change, message):
     text = BATCHING_CONFIG.read_text()
     assert change[0] in text

@@ -14,8 +14,7 @@ from tests.conftest import VIDEOS_DIR, require_shared
 
 
 def faces(*boxes) -> list[Detection]:
-    return [Detection(box=tuple(float(v) for v in b), score=0.9, keypoints=np.zeros((6, 2), np.float32))
-            for b in boxes]
+    return [Detection(box=tuple(float(v) for v in b), score=0.9, keypoints=np.zeros((6, 2), np.float32)) for b in boxes]
 
 
 def test_box_iou():

@@ -26,8 +26,15 @@ from serving.registry import get_model, is_installed, list_models, load_keras_mo
 from serving.train import TrainConfig, learning_rate_schedule, register, register_ensemble, train, validation_crops
 from tests.conftest import CROPS_DIR, require_shared
 
-TINY = {"arch": "meso4", "epochs": 1, "batch_size": 8, "limit": 48, "val_fraction": 0.25, "seed": 11,
-        "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5)}
+TINY = {
+    "arch": "meso4",
+    "epochs": 1,
+    "batch_size": 8,
+    "limit": 48,
+    "val_fraction": 0.25,
+    "seed": 11,
+    "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5),
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,9 +49,31 @@ def trained(settings):
 
     data = require_shared(CROPS_DIR)
     first = train(TrainConfig(data_dir=data, name="tiny_a", **TINY), settings=settings, progress=False)
-    result = CliRunner().invoke(train_command, [
-        "--data", str(data), "--arch", "meso4", "--name", "tiny_b", "--epochs", "1", "--batch-size", "8",
-        "--limit", "48", "--val-fraction", "0.25", "--seed", "11", "--blur-prob", "0.5", "--jpeg-prob", "0.5"])
+    result = CliRunner().invoke(
+        train_command,
+        [
+            "--data",
+            str(data),
+            "--arch",
+            "meso4",
+            "--name",
+            "tiny_b",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--limit",
+            "48",
+            "--val-fraction",
+            "0.25",
+            "--seed",
+            "11",
+            "--blur-prob",
+            "0.5",
+            "--jpeg-prob",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "registered tiny_b v1" in result.output and "ROC AUC" in result.output
     second = json.loads((settings.models_dir / "trained" / "tiny_b.json").read_text())
@@ -74,8 +103,16 @@ def test_the_registered_files_say_what_was_trained_and_how(trained, settings):
     assert training["command"].startswith("mesoscan train --data ") and "--limit 48" in training["command"]
     assert meta["data"]["train"]["crops"] == 36 and meta["data"]["split"]["by"] == "cluster"
     card = (folder / "tiny_a.md").read_text()
-    for section in ("## Intended use", "## Data", "## Training", "## Validation metrics", "## Known failure modes",
-                    "## Terms", "non-commercial research", training["command"]):
+    for section in (
+        "## Intended use",
+        "## Data",
+        "## Training",
+        "## Validation metrics",
+        "## Known failure modes",
+        "## Terms",
+        "non-commercial research",
+        training["command"],
+    ):
         assert section in card
     assert not list((settings.models_dir / "runs").iterdir()), "the run folder is removed once registered"
 
@@ -152,7 +189,9 @@ def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, s
     meta = result.metadata
     assert meta["kind"] == "ensemble" and [m["name"] for m in meta["members"]] == ["tiny_a", "tiny_b"]
     assert meta["metrics"]["validation"]["n"] == 12 and set(meta["metrics"]["members_validation"]) == {
-        "tiny_a", "tiny_b"}
+        "tiny_a",
+        "tiny_b",
+    }
     assert "## Ensemble" in (settings.models_dir / "trained" / "tiny_ens.md").read_text()
     spec = get_model("tiny_ens", settings)
     assert spec.is_ensemble and spec.threshold == meta["threshold"] and is_installed(spec, settings)
@@ -203,8 +242,9 @@ def test_evaluate_writes_metrics_pngs_and_scores_whose_auc_is_sklearns(trained, 
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(crop.path, target)
     out = tmp_path / "report"
-    result = CliRunner().invoke(evaluate_command, ["--data", str(folder), "--model", "tiny_a,meso4_df",
-                                                   "--out", str(out)])
+    result = CliRunner().invoke(
+        evaluate_command, ["--data", str(folder), "--model", "tiny_a,meso4_df", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert "tiny_a" in result.output and "meso4_df" in result.output and "ROC AUC" in result.output
     metrics = json.loads((out / "metrics.json").read_text())
@@ -311,9 +351,13 @@ def test_augment_settings_out_of_range_are_refused():
 def test_learning_rate_schedules():
     step = learning_rate_schedule(TrainConfig(CROPS_DIR, "meso4", "x"), total_steps=10_000, steps_per_epoch=100)
     assert [float(step(s)) for s in (0, 999, 1000, 2500, 3000, 9000)] == pytest.approx(
-        [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-6])
-    cosine = learning_rate_schedule(TrainConfig(CROPS_DIR, "meso4", "x", schedule="cosine", epochs=10,
-                                                warmup_epochs=1), total_steps=1000, steps_per_epoch=100)
+        [1e-3, 1e-3, 1e-4, 1e-5, 1e-6, 1e-6]
+    )
+    cosine = learning_rate_schedule(
+        TrainConfig(CROPS_DIR, "meso4", "x", schedule="cosine", epochs=10, warmup_epochs=1),
+        total_steps=1000,
+        steps_per_epoch=100,
+    )
     assert float(cosine(0)) == pytest.approx(1e-6)
     assert float(cosine(100)) == pytest.approx(1e-3)
     assert float(cosine(550)) == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-2)
@@ -333,8 +377,17 @@ def test_the_train_command_defaults_are_the_recipe_defaults():
     config, augment = TrainConfig(CROPS_DIR, "meso4", "x"), AugmentConfig()
     for param in train_command.params:
         name = param.name
-        if name in {"data_dir", "name", "arch", "members", "out_dir", "no_augment", "description", "data_description",
-                    "licence"}:
+        if name in {
+            "data_dir",
+            "name",
+            "arch",
+            "members",
+            "out_dir",
+            "no_augment",
+            "description",
+            "data_description",
+            "licence",
+        }:
             continue
         expected = getattr(config, name) if hasattr(config, name) else getattr(augment, name)
         default = param.process_value(click_context(train_command), param.default)
@@ -352,11 +405,25 @@ def test_the_recorded_command_line_parses_back_to_the_same_settings():
 
     from serving.cli import train as train_command
 
-    config = TrainConfig(CROPS_DIR, "mesoinception4", "x", epochs=7, batch_size=32, learning_rate=3e-4,
-                         schedule="cosine", warmup_epochs=2, seed=5, class_weight="none", mixed_precision=True,
-                         limit=900, description="a try", licence="mine",
-                         augment=AugmentConfig(flip=False, rotation=5, jpeg_prob=0.25, jpeg_quality=(50, 95),
-                                               blur_prob=0.1, blur_sigma=(0.5, 1.0)))
+    config = TrainConfig(
+        CROPS_DIR,
+        "mesoinception4",
+        "x",
+        epochs=7,
+        batch_size=32,
+        learning_rate=3e-4,
+        schedule="cosine",
+        warmup_epochs=2,
+        seed=5,
+        class_weight="none",
+        mixed_precision=True,
+        limit=900,
+        description="a try",
+        licence="mine",
+        augment=AugmentConfig(
+            flip=False, rotation=5, jpeg_prob=0.25, jpeg_quality=(50, 95), blur_prob=0.1, blur_sigma=(0.5, 1.0)
+        ),
+    )
     args = shlex.split(config.command_line())
     assert args[:2] == ["mesoscan", "train"]
     params = train_command.make_context("train", args[2:]).params

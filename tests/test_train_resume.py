@@ -20,8 +20,15 @@ from serving.config import ServingSettings
 from serving.train import TrainConfig, epoch_order, train
 from tests.conftest import CROPS_DIR, require_shared
 
-TINY = {"arch": "meso4", "epochs": 3, "batch_size": 8, "limit": 48, "val_fraction": 0.25, "seed": 5,
-        "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5, downscale_prob=0.5)}
+TINY = {
+    "arch": "meso4",
+    "epochs": 3,
+    "batch_size": 8,
+    "limit": 48,
+    "val_fraction": 0.25,
+    "seed": 5,
+    "augment": AugmentConfig(blur_prob=0.5, jpeg_prob=0.5, downscale_prob=0.5),
+}
 
 
 def _weights(path) -> dict[str, np.ndarray]:
@@ -49,8 +56,10 @@ def test_stopping_and_resuming_twice_gives_the_uninterrupted_result(tmp_path):
     resumed, states, s2, run_dir = _run(tmp_path, "resumed", [1, 1, None])
     assert states == [1, 2], "each stop leaves the checkpoint of the epochs done"
     assert not run_dir.exists(), "the run folder goes once the model is registered"
-    a, b = _weights(s1.models_dir / "trained" / "resumable.weights.h5"), _weights(
-        s2.models_dir / "trained" / "resumable.weights.h5")
+    a, b = (
+        _weights(s1.models_dir / "trained" / "resumable.weights.h5"),
+        _weights(s2.models_dir / "trained" / "resumable.weights.h5"),
+    )
     assert a.keys() == b.keys()
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
@@ -68,11 +77,34 @@ def test_each_epoch_draws_its_order_from_seed_and_epoch_alone():
 
 def test_a_killed_run_resumes_from_its_last_checkpoint(tmp_path):
     """`kill -9` in the middle of training: the checkpoint on disk is whole, and the same command goes on from it."""
-    env = {**os.environ, "MESOSCAN_MODELS_DIR": str(tmp_path / "models"), "TF_NUM_INTRAOP_THREADS": "1",
-           "PYTHONUNBUFFERED": "1"}
-    command = [sys.executable, "-m", "serving", "train", "--data", str(require_shared(CROPS_DIR)), "--arch", "meso4",
-               "--name", "killed", "--epochs", "30", "--batch-size", "8", "--limit", "48", "--val-fraction", "0.25",
-               "--seed", "2"]
+    env = {
+        **os.environ,
+        "MESOSCAN_MODELS_DIR": str(tmp_path / "models"),
+        "TF_NUM_INTRAOP_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "serving",
+        "train",
+        "--data",
+        str(require_shared(CROPS_DIR)),
+        "--arch",
+        "meso4",
+        "--name",
+        "killed",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "8",
+        "--limit",
+        "48",
+        "--val-fraction",
+        "0.25",
+        "--seed",
+        "2",
+    ]
     runs = tmp_path / "models" / "runs"
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

@@ -22,8 +22,15 @@ from scanner.verdict import (
     video_score,
 )
 
-SOURCE = {"url": "https://example.org/v", "title": "<script>alert(1)</script>", "duration_s": 10.0, "width": 1280,
-          "height": 720, "fps": 25.0, "sha256": "0" * 64}
+SOURCE = {
+    "url": "https://example.org/v",
+    "title": "<script>alert(1)</script>",
+    "duration_s": 10.0,
+    "width": 1280,
+    "height": 720,
+    "fps": 25.0,
+    "sha256": "0" * 64,
+}
 MODEL = {"name": "meso4_df", "version": 1, "backend": "embedded"}
 
 
@@ -33,9 +40,18 @@ def face(t, person, p, image=True):
 
 
 def document(faces, frame_times=(0.5, 1.5, 2.5, 3.5), threshold=0.5, band=0.1, top=3):
-    return build_document(source=SOURCE, model=MODEL, threshold=threshold, band=band, faces=list(faces),
-                          frame_times=list(frame_times), faces_skipped=2, keyframes=False, top=top,
-                          timings_ms={"fetch": 1, "decode": 2, "detect": 3, "classify": 4, "total": 9})
+    return build_document(
+        source=SOURCE,
+        model=MODEL,
+        threshold=threshold,
+        band=band,
+        faces=list(faces),
+        frame_times=list(frame_times),
+        faces_skipped=2,
+        keyframes=False,
+        top=top,
+        timings_ms={"fetch": 1, "decode": 2, "detect": 3, "classify": 4, "total": 9},
+    )
 
 
 def test_labels():
@@ -98,8 +114,13 @@ def test_document_follows_the_schema_and_ranks_top_faces():
 def test_no_face_is_never_real():
     doc = document([])
     validate(doc)
-    assert doc["verdict"] == {"label": "no_face", "fake_probability": None, "confidence": None, "threshold": 0.5,
-                              "uncertain_band": 0.1}
+    assert doc["verdict"] == {
+        "label": "no_face",
+        "fake_probability": None,
+        "confidence": None,
+        "threshold": 0.5,
+        "uncertain_band": 0.1,
+    }
     assert [p["faces"] for p in doc["timeline"]] == [0, 0, 0, 0]
 
 
@@ -111,14 +132,17 @@ def test_failed_document_has_an_error_and_no_probability():
     assert doc["error"] == {"code": "blocked_address", "message": "no", "retryable": False}
 
 
-@pytest.mark.parametrize("mutate", [
-    lambda d: d.update(status="failed"),  # failed without an error
-    lambda d: d["verdict"].update(fake_probability=1.5),
-    lambda d: d["verdict"].update(label="probably"),
-    lambda d: d.update(extra=1),
-    lambda d: d["source"].update(sha256="xyz"),
-    lambda d: d.update(error={"code": "oops", "message": "x"}),
-])
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(status="failed"),  # failed without an error
+        lambda d: d["verdict"].update(fake_probability=1.5),
+        lambda d: d["verdict"].update(label="probably"),
+        lambda d: d.update(extra=1),
+        lambda d: d["source"].update(sha256="xyz"),
+        lambda d: d.update(error={"code": "oops", "message": "x"}),
+    ],
+)
 def test_schema_rejects_broken_documents(mutate):
     doc = document([face(0.5, 0, 0.9), face(1.5, 0, 0.9)])
     mutate(doc)

@@ -24,9 +24,29 @@ def full_decode(path, stream: int = 0) -> dict[int, np.ndarray]:
 def dense_keyframes(tmp_path_factory):
     """A clip re-encoded with a key frame every 5 frames and B-frames, where jumping saves work."""
     out = tmp_path_factory.mktemp("video") / "dense.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(require_shared(VIDEOS_DIR / "ffpp_004.mp4")),
-                    "-t", "6", "-vf", "scale=320:180", "-c:v", "libx264", "-g", "5", "-bf", "2",
-                    "-an", str(out)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(require_shared(VIDEOS_DIR / "ffpp_004.mp4")),
+            "-t",
+            "6",
+            "-vf",
+            "scale=320:180",
+            "-c:v",
+            "libx264",
+            "-g",
+            "5",
+            "-bf",
+            "2",
+            "-an",
+            str(out),
+        ],
+        check=True,
+    )
     return out
 
 
@@ -114,10 +134,11 @@ def test_not_a_video_and_corrupt_video(tmp_path):
 def _udta_first(mp4: Path) -> None:
     """Move the `udta` box (where the mp4 muxer keeps cover art) to the front of `moov`, so that demuxers read the
     cover art first and make it stream 0. The media data comes before `moov`: no chunk offset moves."""
+
     def boxes(data: bytes, start: int, end: int):
         while start < end:
-            size = int.from_bytes(data[start:start + 4], "big")
-            yield data[start + 4:start + 8], data[start:start + size]
+            size = int.from_bytes(data[start : start + 4], "big")
+            yield data[start + 4 : start + 8], data[start : start + size]
             start += size
 
     data = mp4.read_bytes()
@@ -137,11 +158,35 @@ def cover_art_first(tmp_path_factory) -> Path:
     """A shared clip with a PNG cover (an attached picture) as its first video stream."""
     out = tmp_path_factory.mktemp("cover")
     cover, video = out / "cover.png", out / "cover_first.mp4"
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1",
-                    str(cover)], check=True)
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "color=c=red:s=64x64", "-frames:v", "1", str(cover)],
+        check=True,
+    )
     clip = require_shared(VIDEOS_DIR / "ffpp_004.mp4")
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(cover), "-i", str(clip), "-map", "0", "-map", "1:v",
-                    "-t", "3", "-c", "copy", "-disposition:v:0", "attached_pic", str(video)], check=True)
+    subprocess.run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(cover),
+            "-i",
+            str(clip),
+            "-map",
+            "0",
+            "-map",
+            "1:v",
+            "-t",
+            "3",
+            "-c",
+            "copy",
+            "-disposition:v:0",
+            "attached_pic",
+            str(video),
+        ],
+        check=True,
+    )
     _udta_first(video)
     with av.open(str(video)) as container:
         first = container.streams.video[0]

@@ -72,8 +72,10 @@ def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp
     from scanner.download import open_local_video
 
     video = next(v for v in read_videos(small_videos) if v.path.name == rows[0]["source_video"])
-    with open_local_video(video.path, scanner.settings) as opened, scanner.faces(opened.path,
-                                                                                  opened.info.index) as stream:
+    with (
+        open_local_video(video.path, scanner.settings) as opened,
+        scanner.faces(opened.path, opened.info.index) as stream,
+    ):
         streamed = [crops[0] for found in stream for _, crops in found]
     assert any(np.array_equal(first, crop) for crop in streamed)
     geometry = json.loads((tmp_path / "set" / "geometry.json").read_text())
@@ -82,8 +84,9 @@ def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp
 
 
 def test_video_level_evaluation_scores_each_video_once_per_model(small_videos, tmp_path):
-    metrics, rows = evaluate_videos(small_videos, ["meso4_df", "mesoinception4_df"], ScannerSettings(frames=4),
-                                    tmp_path / "report")
+    metrics, rows = evaluate_videos(
+        small_videos, ["meso4_df", "mesoinception4_df"], ScannerSettings(frames=4), tmp_path / "report"
+    )
     assert [r["video"] for r in rows] == PAIRS
     for name in ("meso4_df", "mesoinception4_df"):
         m = metrics[name]
@@ -101,19 +104,36 @@ def test_video_level_evaluation_scores_each_video_once_per_model(small_videos, t
 
 def test_cli_evaluate_dispatches_on_what_the_folder_holds(small_videos, tmp_path):
     run = [sys.executable, "-m", "serving", "evaluate", "--model", "meso4_df"]
-    videos = subprocess.run([*run, "--data", str(small_videos), "--frames", "4"], capture_output=True, text=True,
-                            timeout=600)
+    videos = subprocess.run(
+        [*run, "--data", str(small_videos), "--frames", "4"], capture_output=True, text=True, timeout=600
+    )
     assert videos.returncode == 0, videos.stderr
     assert "ffpp_519_515_DF.mp4  FAKE" in videos.stdout
     assert "fake→real" in videos.stdout
-    crops = subprocess.run([*run, "--data", str(CROPS_DIR), "--split", "test"], capture_output=True, text=True,
-                           timeout=600)
+    crops = subprocess.run(
+        [*run, "--data", str(CROPS_DIR), "--split", "test"], capture_output=True, text=True, timeout=600
+    )
     assert crops.returncode == 0, crops.stderr
     assert "meso4_df" in crops.stdout
     assert "ROC AUC" in crops.stdout
-    extracted = subprocess.run([sys.executable, "-m", "serving", "extract-faces", str(small_videos), "--out",
-                                str(tmp_path / "set"), "--frames", "2", "--model", "meso4_df"], capture_output=True,
-                               text=True, timeout=600)
+    extracted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "serving",
+            "extract-faces",
+            str(small_videos),
+            "--out",
+            str(tmp_path / "set"),
+            "--frames",
+            "2",
+            "--model",
+            "meso4_df",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert extracted.returncode == 0, extracted.stderr
     assert "faces from 4 videos" in extracted.stdout
     geometry = json.loads((tmp_path / "set" / "geometry.json").read_text())

@@ -69,10 +69,14 @@ def test_model_layers_match_the_file_layer_for_layer(filename):
     path = require_shared(MESONET_DIR / filename)
     model = mesonet.build(FILES[filename])
     with h5py.File(path, "r") as f:
-        file_kinds = sorted(_type_and_counter(n.decode())[0] for n in f.attrs["layer_names"]
-                            if not n.decode().startswith("input"))
-    ours = sorted(_type_and_counter(layer.name)[0] for layer in model.layers
-                  if layer.name not in {"images", "scale", "fake_probability"})
+        file_kinds = sorted(
+            _type_and_counter(n.decode())[0] for n in f.attrs["layer_names"] if not n.decode().startswith("input")
+        )
+    ours = sorted(
+        _type_and_counter(layer.name)[0]
+        for layer in model.layers
+        if layer.name not in {"images", "scale", "fake_probability"}
+    )
     assert ours == file_kinds
 
 

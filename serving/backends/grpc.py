@@ -35,15 +35,25 @@ MAX_ATTEMPTS = 5
 def grpc_target(url: str) -> str:
     """`MESOSCAN_TFSERVING_URL` as a gRPC target (`host:port`)."""
     if url.startswith(("http://", "https://")) or not url.strip():
-        raise TFServingConfigError(f"the tfserving-grpc backend needs MESOSCAN_TFSERVING_URL as host:port "
-                                   f"(TF Serving's gRPC port, 8500 by default), got {url!r}")
+        raise TFServingConfigError(
+            f"the tfserving-grpc backend needs MESOSCAN_TFSERVING_URL as host:port "
+            f"(TF Serving's gRPC port, 8500 by default), got {url!r}"
+        )
     return url.strip()
 
 
 def retry_service_config(settings: ServingSettings) -> dict:
     """gRPC service config: retry UNAVAILABLE calls to TF Serving with exponential backoff."""
-    config: dict = {"methodConfig": [{"name": [{"service": "tensorflow.serving.PredictionService"},
-                                               {"service": "tensorflow.serving.ModelService"}]}]}
+    config: dict = {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "tensorflow.serving.PredictionService"},
+                    {"service": "tensorflow.serving.ModelService"},
+                ]
+            }
+        ]
+    }
     if settings.retries:
         config["methodConfig"][0]["retryPolicy"] = {
             "maxAttempts": min(settings.retries + 1, MAX_ATTEMPTS),
@@ -116,16 +126,19 @@ class GrpcPredictor(Predictor):
 
         proto = response.outputs.get(OUTPUT)
         if proto is None or proto.dtype != types_pb2.DT_FLOAT:
-            raise ModelUnavailableError(f"TF Serving at {self.target} answered without a float32 {OUTPUT!r} output "
-                                        f"for {self.spec.name} v{self.spec.version}")
+            raise ModelUnavailableError(
+                f"TF Serving at {self.target} answered without a float32 {OUTPUT!r} output "
+                f"for {self.spec.name} v{self.spec.version}"
+            )
         if proto.tensor_content:
             scores = np.frombuffer(proto.tensor_content, dtype="<f4")
         else:
             scores = np.asarray(proto.float_val, dtype=np.float32)
         shape = [d.size for d in proto.tensor_shape.dim]
         if shape != [expected] or scores.size != expected:
-            raise ModelUnavailableError(f"TF Serving at {self.target} answered {scores.size} scores of shape {shape} "
-                                        f"for {expected} faces")
+            raise ModelUnavailableError(
+                f"TF Serving at {self.target} answered {scores.size} scores of shape {shape} for {expected} faces"
+            )
         return scores.astype(np.float32)
 
     def check(self) -> None:
@@ -140,8 +153,9 @@ class GrpcPredictor(Predictor):
         if status is None or status.state != get_model_status_pb2.ModelVersionStatus.AVAILABLE:
             state = get_model_status_pb2.ModelVersionStatus.State.Name(status.state) if status else "absent"
             detail = f" ({status.status.error_message})" if status and status.status.error_message else ""
-            raise ModelUnavailableError(f"TF Serving at {self.target}: {self.spec.name} version {self.spec.version} "
-                                        f"is {state}{detail}")
+            raise ModelUnavailableError(
+                f"TF Serving at {self.target}: {self.spec.name} version {self.spec.version} is {state}{detail}"
+            )
 
     def _fill_model_spec(self, model_spec) -> None:
         model_spec.name = self.spec.name
@@ -162,20 +176,24 @@ class GrpcPredictor(Predictor):
         where = f"TF Serving at {self.target}"
         model = f"{self.spec.name} version {self.spec.version}"
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-            return PredictionTimeoutError(f"{where} did not answer for {model} within "
-                                          f"{self.settings.request_timeout_s:g} s")
+            return PredictionTimeoutError(
+                f"{where} did not answer for {model} within {self.settings.request_timeout_s:g} s"
+            )
         if code == grpc.StatusCode.UNAVAILABLE:
             retries = min(self.settings.retries, MAX_ATTEMPTS - 1)
             return ModelUnavailableError(f"{where} is unavailable (retried up to {retries} times): {details}")
         if code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.FAILED_PRECONDITION):
-            return ModelNotServedError(f"{where} does not serve {model} with MesoScan's signatures ({details}); "
-                                       f"export it with `mesoscan export {self.spec.name} --out <model base>` and "
-                                       "list it in the server's models.config")
+            return ModelNotServedError(
+                f"{where} does not serve {model} with MesoScan's signatures ({details}); "
+                f"export it with `mesoscan export {self.spec.name} --out <model base>` and "
+                "list it in the server's models.config"
+            )
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             return InvalidInputError(f"{where} rejected the faces for {model}: {details}")
         if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return ModelUnavailableError(f"{where} refused the request for {model} ({details}); "
-                                         "a smaller MESOSCAN_BATCH_SIZE may help")
+            return ModelUnavailableError(
+                f"{where} refused the request for {model} ({details}); a smaller MESOSCAN_BATCH_SIZE may help"
+            )
         return ModelUnavailableError(f"{where} failed for {model}: {code.name}: {details}")
 
     def close(self) -> None:

@@ -72,23 +72,31 @@ def main() -> None:
             for name in MODELS:
                 for backend in BACKENDS:
                     for batch in BATCHES:
-                        settings = ServingSettings(model_backend=backend, tfserving_url=urls[backend] or "unused",
-                                                   batch_size=batch)
+                        settings = ServingSettings(
+                            model_backend=backend, tfserving_url=urls[backend] or "unused", batch_size=batch
+                        )
                         with get_predictor(name, settings) as predictor:
                             rate = faces_per_second(predictor, faces, args.repeats)
-                        results.append({"model": name, "backend": backend, "batch_size": batch,
-                                        "faces_per_s": round(rate, 1)})
+                        results.append(
+                            {"model": name, "backend": backend, "batch_size": batch, "faces_per_s": round(rate, 1)}
+                        )
                         print(f"{name:18s} {backend:15s} batch {batch:3d}: {rate:8.1f} faces/s", flush=True)
 
     print()
     print(markdown_table(results))
     report = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "tensorflow": tf.__version__},
-        "faces_per_run": args.faces, "repeats": args.repeats, "statistic": "median faces/s",
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+        },
+        "faces_per_run": args.faces,
+        "repeats": args.repeats,
+        "statistic": "median faces/s",
         "note": "tfserving-* run against tests/support/tfserving_server.py on the same CPU cores as the client; "
-                "tfserving-rest sends JPEG (quality 95) to the `jpeg` signature, gRPC sends raw uint8",
+        "tfserving-rest sends JPEG (quality 95) to the `jpeg` signature, gRPC sends raw uint8",
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

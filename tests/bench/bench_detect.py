@@ -45,8 +45,10 @@ def main() -> None:
         total = median_ms(lambda d=detector: d.detect(frame), args.runs)
         prepare = median_ms(lambda lb=letterbox: lb.tensor(frame), args.runs)
         infer = median_ms(lambda d=detector, x=tensor: d.raw(x), args.runs)
-        print(f"{model:5s} detect median {total:6.2f} ms  (letterbox {prepare:.2f} ms, inference {infer:.2f} ms); "
-              f"{len(faces)} face(s)")
+        print(
+            f"{model:5s} detect median {total:6.2f} ms  (letterbox {prepare:.2f} ms, inference {infer:.2f} ms); "
+            f"{len(faces)} face(s)"
+        )
 
 
 if __name__ == "__main__":

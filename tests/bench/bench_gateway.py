@@ -76,14 +76,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
     parser.add_argument("--connections", type=int, default=8, help="wrk connections for the cached read")
-    parser.add_argument("--enqueue-connections", default="1,2,8",
-                        help="comma-separated wrk connection counts for the enqueue runs (one run each)")
+    parser.add_argument(
+        "--enqueue-connections",
+        default="1,2,8",
+        help="comma-separated wrk connection counts for the enqueue runs (one run each)",
+    )
     parser.add_argument("--threads", type=int, default=2, help="wrk threads")
     parser.add_argument("--batch", type=int, default=50, help="clip URLs in the throughput batch (0: skip it)")
     parser.add_argument("--frames", type=int, default=16, help="MESOSCAN_FRAMES for the workers")
-    parser.add_argument("--compute-threads", type=int, default=1,
-                        help="MESOSCAN_COMPUTE_THREADS for the workers: 1 = one core per worker process, the "
-                             "throughput setting (0: the libraries' default, all cores)")
+    parser.add_argument(
+        "--compute-threads",
+        type=int,
+        default=1,
+        help="MESOSCAN_COMPUTE_THREADS for the workers: 1 = one core per worker process, the "
+        "throughput setting (0: the libraries' default, all cores)",
+    )
     parser.add_argument("--gateway-workers", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
@@ -111,9 +118,15 @@ def main() -> None:
             with session_scope(db_url) as session:
                 key = create_key(session, "bench", rate_limit="100000000/minute").key
             threads = {"MESOSCAN_COMPUTE_THREADS": str(args.compute_threads)} if args.compute_threads else {}
-            env = service_env(db_url, redis.url, MESOSCAN_FRAMES=str(args.frames), MESOSCAN_CACHE_TTL_S="0", **threads,
-                              MESOSCAN_GATEWAY_WORKERS=str(args.gateway_workers),
-                              MESOSCAN_READ_RATE_LIMIT="100000000/minute")
+            env = service_env(
+                db_url,
+                redis.url,
+                MESOSCAN_FRAMES=str(args.frames),
+                MESOSCAN_CACHE_TTL_S="0",
+                **threads,
+                MESOSCAN_GATEWAY_WORKERS=str(args.gateway_workers),
+                MESOSCAN_READ_RATE_LIMIT="100000000/minute",
+            )
             gateway, base = start_gateway(env, work)
             services.append(gateway)
             http = requests.Session()
@@ -128,7 +141,8 @@ def main() -> None:
                 run = [f"-t{min(args.threads, connections)}", f"-c{connections}", f"-d{args.duration}s", "--latency"]
                 stats, cmd = wrk([*run, "-s", str(script), base])
                 results["enqueue"][f"{connections}_connections"] = stats | {
-                    "cmd": cmd.replace(key, "$KEY").replace(str(script), "post.lua")}
+                    "cmd": cmd.replace(key, "$KEY").replace(str(script), "post.lua")
+                }
             # Those scans are never to run: drop their messages and their records before any worker starts.
             redis.client().delete("mesoscan.scans")
             with session_scope(db_url) as session:
@@ -149,27 +163,33 @@ def main() -> None:
                 warm = http.post(f"{base}/api/v1/scans", json={"url": warm_url})
                 _wait(http, warm.json()["status_url"], single=True)  # the models are loaded before timing
                 if count == 2:
-                    warm2 = http.post(f"{base}/api/v1/batches", json={"urls": [
-                        media.url(f"/files/{clips[1].name}?warm2={i}") for i in range(2)]}).json()
+                    warm2 = http.post(
+                        f"{base}/api/v1/batches",
+                        json={"urls": [media.url(f"/files/{clips[1].name}?warm2={i}") for i in range(2)]},
+                    ).json()
                     _wait(http, warm2["status_url"])
                 started = time.perf_counter()
                 batch = http.post(f"{base}/api/v1/batches", json={"urls": urls}).json()
                 final = _wait(http, batch["status_url"])
                 elapsed = time.perf_counter() - started
-                results[f"batch_{count}_worker"] = {"seconds": round(elapsed, 1),
-                                                    "scans_per_minute": round(60 * args.batch / elapsed, 1),
-                                                    "counts": final["counts"]}
+                results[f"batch_{count}_worker"] = {
+                    "seconds": round(elapsed, 1),
+                    "scans_per_minute": round(60 * args.batch / elapsed, 1),
+                    "counts": final["counts"],
+                }
                 for worker in workers:
                     worker.stop()
             done_id = next(i["scan_id"] for i in final["items"] if i["status"] == "done")
             if args.batch:
-                results["scaling_2_vs_1"] = round(results["batch_1_worker"]["seconds"]
-                                                  / results["batch_2_worker"]["seconds"], 2)
+                results["scaling_2_vs_1"] = round(
+                    results["batch_1_worker"]["seconds"] / results["batch_2_worker"]["seconds"], 2
+                )
 
             # 2. cached read
             results["document_bytes"] = len(http.get(f"{base}/api/v1/scans/{done_id}").content)
             results["get_done"], results["get_done_cmd"] = wrk(
-                [*load, "-H", f"X-API-Key: {key}", f"{base}/api/v1/scans/{done_id}"])
+                [*load, "-H", f"X-API-Key: {key}", f"{base}/api/v1/scans/{done_id}"]
+            )
             results["get_done_cmd"] = results["get_done_cmd"].replace(key, "$KEY")
     finally:
         for service in services:

@@ -89,8 +89,14 @@ class _Handler(BaseHTTPRequestHandler):
         if getattr(self, "_path", None) is not None:
             self.server.media.responses.append((self._path, self._sent))
 
-    def _answer(self, status: int, body: bytes = b"", content_type: str = "text/plain", headers: dict | None = None,
-                head: bool = False) -> None:
+    def _answer(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain",
+        headers: dict | None = None,
+        head: bool = False,
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -121,8 +127,12 @@ class _Handler(BaseHTTPRequestHandler):
         if kind == "stall" and (path := self._file(rest)):
             return self._send_stalling(path, int(query.get("after", 65536)))
         if kind == "drip" and (path := self._file(rest)):
-            return self._send_dripping(path.read_bytes(), self._content_type(path), int(query.get("chunk", 1024)),
-                                       float(query.get("every", 0.1)))
+            return self._send_dripping(
+                path.read_bytes(),
+                self._content_type(path),
+                int(query.get("chunk", 1024)),
+                float(query.get("every", 0.1)),
+            )
         if kind == "page":
             return self._page(rest, head)
         if kind == "hls" and media.hls_dir is not None and rest == "master.m3u8":
@@ -148,14 +158,18 @@ class _Handler(BaseHTTPRequestHandler):
     def _send_master(self, head: bool) -> None:
         lines = ["#EXTM3U"]
         for width, height in MASTER_VARIANTS:
-            lines += [f"#EXT-X-STREAM-INF:BANDWIDTH={width * height * 2},RESOLUTION={width}x{height}",
-                      f"variant/{height}/index.m3u8"]
+            lines += [
+                f"#EXT-X-STREAM-INF:BANDWIDTH={width * height * 2},RESOLUTION={width}x{height}",
+                f"variant/{height}/index.m3u8",
+            ]
         self._answer(200, "\n".join(lines).encode() + b"\n", "application/vnd.apple.mpegurl", head=head)
 
     def _send_playlist(self, path: Path, base: str, head: bool) -> None:
         """The playlist with each segment as an absolute URL under `base` (segments served from elsewhere)."""
-        lines = [line if line.startswith("#") or not line.strip() else base.rstrip("/") + "/" + line
-                 for line in path.read_text().splitlines()]
+        lines = [
+            line if line.startswith("#") or not line.strip() else base.rstrip("/") + "/" + line
+            for line in path.read_text().splitlines()
+        ]
         self._answer(200, "\n".join(lines).encode() + b"\n", "application/vnd.apple.mpegurl", head=head)
 
     def _send_file(self, path: Path, head: bool) -> None:
@@ -217,7 +231,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         media = self.server.media
         for i in range(0, len(data), chunk):
-            if media.stopping.is_set() or not self._write(data[i:i + chunk]):
+            if media.stopping.is_set() or not self._write(data[i : i + chunk]):
                 return
             time.sleep(every)
 
@@ -225,34 +239,46 @@ class _Handler(BaseHTTPRequestHandler):
         kind, _, name = rest.partition("/")
         src = html.escape(f"/files/{name}")
         if kind == "video" and self._file(name):
-            body = (f"<!doctype html><html><head><title>Clip {html.escape(name)}</title></head><body>"
-                    f'<h1>A clip</h1><video controls width="640" src="{src}"></video></body></html>')
+            body = (
+                f"<!doctype html><html><head><title>Clip {html.escape(name)}</title></head><body>"
+                f'<h1>A clip</h1><video controls width="640" src="{src}"></video></body></html>'
+            )
         elif kind == "og" and self._file(name):
             absolute = html.escape(self.server.media.url(f"/files/{name}"))
-            body = (f'<!doctype html><html><head><title>OG clip</title>'
-                    f'<meta property="og:title" content="OG clip {html.escape(name)}">'
-                    f'<meta property="og:video" content="{absolute}">'
-                    f'<meta property="og:video:type" content="video/mp4"></head><body><p>A clip.</p></body></html>')
+            body = (
+                f"<!doctype html><html><head><title>OG clip</title>"
+                f'<meta property="og:title" content="OG clip {html.escape(name)}">'
+                f'<meta property="og:video" content="{absolute}">'
+                f'<meta property="og:video:type" content="video/mp4"></head><body><p>A clip.</p></body></html>'
+            )
         elif kind == "blob" and self._file(name):  # as players on big sites do: a blob: source, og:video beside
             absolute = html.escape(self.server.media.url(f"/files/{name}"))
-            body = (f'<!doctype html><html><head><title>Blob clip</title>'
-                    f'<meta property="og:video" content="{absolute}">'
-                    f'<meta property="og:video:type" content="video/mp4"></head>'
-                    f'<body><video controls width="640"></video><script>'
-                    f'fetch({json.dumps(f"/files/{name}")}).then(r => r.blob()).then(b => {{'
-                    f' document.querySelector("video").src = URL.createObjectURL(b); }});</script></body></html>')
+            body = (
+                f"<!doctype html><html><head><title>Blob clip</title>"
+                f'<meta property="og:video" content="{absolute}">'
+                f'<meta property="og:video:type" content="video/mp4"></head>'
+                f'<body><video controls width="640"></video><script>'
+                f"fetch({json.dumps(f'/files/{name}')}).then(r => r.blob()).then(b => {{"
+                f' document.querySelector("video").src = URL.createObjectURL(b); }});</script></body></html>'
+            )
         elif kind == "frame" and "src" in self._query:
-            body = (f'<!doctype html><html><head><title>Framed player</title></head><body>'
-                    f'<iframe width="680" height="420" src="{html.escape(self._query["src"])}"></iframe></body></html>')
+            body = (
+                f"<!doctype html><html><head><title>Framed player</title></head><body>"
+                f'<iframe width="680" height="420" src="{html.escape(self._query["src"])}"></iframe></body></html>'
+            )
         elif kind == "embed" and "src" in self._query:
-            body = (f'<!doctype html><html><head><title>Embedded clip</title></head><body>'
-                    f'<video controls src="{html.escape(self._query["src"])}"></video></body></html>')
+            body = (
+                f"<!doctype html><html><head><title>Embedded clip</title></head><body>"
+                f'<video controls src="{html.escape(self._query["src"])}"></video></body></html>'
+            )
         elif kind == "multi":
             videos = "".join(f'<video controls src="/files/{html.escape(n)}"></video>' for n in name.split(","))
             body = f"<!doctype html><html><head><title>Several clips</title></head><body>{videos}</body></html>"
         elif kind == "novideo":
-            body = ("<!doctype html><html><head><title>No video here</title></head>"
-                    "<body><h1>Nothing to watch</h1><p>Just text.</p></body></html>")
+            body = (
+                "<!doctype html><html><head><title>No video here</title></head>"
+                "<body><h1>Nothing to watch</h1><p>Just text.</p></body></html>"
+            )
         elif kind == "drip":
             page = b"<!doctype html><html><head><title>slow</title></head><body>" + b" " * 4096 + b"</body></html>"
             return self._send_dripping(page, "text/html", 1, 0.05)
@@ -294,8 +320,12 @@ class MediaServer:
         server_class = _Server6 if ":" in self.host else _Server
         self._httpd = server_class((self.host, 0), _Handler)
         self._httpd.media = self
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"media-server-{self.port}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"media-server-{self.port}",
+            daemon=True,
+        )
         self._thread.start()
         return self
 
@@ -342,16 +372,51 @@ def build_assets(directory: Path, videos_dir: Path) -> MediaAssets:
     hls_dir = directory / "hls"
     hls_dir.mkdir(exist_ok=True)
     # Re-encoded with a keyframe every second so that the playlist has several segments.
-    ffmpeg("-i", str(clip), "-an", "-vf", "scale=640:-2", "-c:v", "libx264", "-preset", "ultrafast", "-g", "25",
-           "-sc_threshold", "0", "-f", "hls", "-hls_time", "3", "-hls_playlist_type", "vod",
-           "-hls_segment_filename", str(hls_dir / "seg%03d.ts"), str(hls_dir / "index.m3u8"))
+    ffmpeg(
+        "-i",
+        str(clip),
+        "-an",
+        "-vf",
+        "scale=640:-2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "25",
+        "-sc_threshold",
+        "0",
+        "-f",
+        "hls",
+        "-hls_time",
+        "3",
+        "-hls_playlist_type",
+        "vod",
+        "-hls_segment_filename",
+        str(hls_dir / "seg%03d.ts"),
+        str(hls_dir / "index.m3u8"),
+    )
     mov = directory / "clip.mov"
     ffmpeg("-i", str(clip), "-c", "copy", "-f", "mov", str(mov))
     webm = directory / "clip.webm"
-    ffmpeg("-i", str(clip), "-t", "3", "-vf", "scale=320:-2", "-c:v", "libvpx", "-deadline", "realtime",
-           "-cpu-used", "8", "-b:v", "300k", str(webm))
-    files.update({"text.mp4": text, "truncated.mp4": truncated, "audio.mp4": audio, "clip.mov": mov,
-                  "clip.webm": webm})
+    ffmpeg(
+        "-i",
+        str(clip),
+        "-t",
+        "3",
+        "-vf",
+        "scale=320:-2",
+        "-c:v",
+        "libvpx",
+        "-deadline",
+        "realtime",
+        "-cpu-used",
+        "8",
+        "-b:v",
+        "300k",
+        str(webm),
+    )
+    files.update({"text.mp4": text, "truncated.mp4": truncated, "audio.mp4": audio, "clip.mov": mov, "clip.webm": webm})
     return MediaAssets(files=files, hls_dir=hls_dir)
 
 

@@ -101,8 +101,15 @@ class Service:
 
     def start(self) -> Service:
         log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the subprocess until stop()
-        self.process = subprocess.Popen(self.argv, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                                        stdin=subprocess.DEVNULL, start_new_session=True)
+        self.process = subprocess.Popen(
+            self.argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         return self
 
@@ -149,8 +156,21 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> RedisServer:
-        argv = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                "--daemonize", "no", "--dir", str(self.directory)]
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--dir",
+            str(self.directory),
+        ]
         self.service = Service("redis", argv, dict(os.environ), self.directory / "redis.log").start()
         wait_for(self.ping, 10, what=f"redis on port {self.port}")
         return self
@@ -198,8 +218,19 @@ class PostgresServer:
     def start(self) -> PostgresServer:
         data = self.directory / "data"
         self._run("initdb", "-D", str(data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync")
-        self._run("pg_ctl", "-D", str(data), "-l", str(self.directory / "postgres.log"), "-w", "-t", "60", "-o",
-                  f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off", "start")
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(self.directory / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.directory} -c fsync=off",
+            "start",
+        )
         return self
 
     def stop(self) -> None:
@@ -262,8 +293,11 @@ def postgres_database() -> Iterator[str]:
 
 
 def service_env(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MESOSCAN_") or k in (
-        "MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
+    }
     env.update(JOB_ENV)
     env.update({"MESOSCAN_DATABASE_URL": database_url, "MESOSCAN_BROKER_URL": broker_url})
     env.update(extra)
@@ -272,11 +306,25 @@ def service_env(database_url: str, broker_url: str, **extra: str) -> dict[str, s
 
 def start_worker(name: str, env: dict[str, str], log_dir: Path, timeout: float = 60) -> Service:
     """`mesoscan worker` as a subprocess; returns once Celery says it is ready (its model loads after that)."""
-    argv = [sys.executable, "-m", "server.cli", "worker", "--hostname", f"{name}@test", "--loglevel", "INFO",
-            "--concurrency", "1"]
+    argv = [
+        sys.executable,
+        "-m",
+        "server.cli",
+        "worker",
+        "--hostname",
+        f"{name}@test",
+        "--loglevel",
+        "INFO",
+        "--concurrency",
+        "1",
+    ]
     worker = Service(f"worker {name}", argv, env, log_dir / f"worker-{name}.log").start()
-    wait_for(lambda: (worker.check_alive(), f"{name}@test ready." in worker.log(100_000))[1], timeout,
-             interval=0.2, what=f"worker {name} to be ready")
+    wait_for(
+        lambda: (worker.check_alive(), f"{name}@test ready." in worker.log(100_000))[1],
+        timeout,
+        interval=0.2,
+        what=f"worker {name} to be ready",
+    )
     return worker
 
 
@@ -409,9 +457,15 @@ def make_app(pg_url, stack_redis):
 
     def make(**overrides):
         forget_cached_keys()
-        values = {"database_url": pg_url, "broker_url": stack_redis.url, "queue": "mesoscan.api-tests",
-                  "rate_limit": "1000/minute", "read_rate_limit": "100000/minute",
-                  "auth_failure_limit": "100000/minute", "metrics_token": METRICS_TOKEN} | overrides
+        values = {
+            "database_url": pg_url,
+            "broker_url": stack_redis.url,
+            "queue": "mesoscan.api-tests",
+            "rate_limit": "1000/minute",
+            "read_rate_limit": "100000/minute",
+            "auth_failure_limit": "100000/minute",
+            "metrics_token": METRICS_TOKEN,
+        } | overrides
         app = create_app(ServerSettings(**values))
         app.config["TESTING"] = True
         return app

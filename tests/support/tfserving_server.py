@@ -49,16 +49,31 @@ DEFAULT_SIGNATURE = "serving_default"
 
 # TF Serving's http_server.cc: gRPC status code → HTTP status.
 HTTP_STATUS = {
-    "OK": 200, "CANCELLED": 499, "UNKNOWN": 500, "INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504,
-    "NOT_FOUND": 404, "ALREADY_EXISTS": 409, "PERMISSION_DENIED": 403, "RESOURCE_EXHAUSTED": 429,
-    "FAILED_PRECONDITION": 400, "ABORTED": 409, "OUT_OF_RANGE": 400, "UNIMPLEMENTED": 501, "INTERNAL": 500,
-    "UNAVAILABLE": 503, "DATA_LOSS": 500, "UNAUTHENTICATED": 401,
+    "OK": 200,
+    "CANCELLED": 499,
+    "UNKNOWN": 500,
+    "INVALID_ARGUMENT": 400,
+    "DEADLINE_EXCEEDED": 504,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "PERMISSION_DENIED": 403,
+    "RESOURCE_EXHAUSTED": 429,
+    "FAILED_PRECONDITION": 400,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "UNIMPLEMENTED": 501,
+    "INTERNAL": 500,
+    "UNAVAILABLE": 503,
+    "DATA_LOSS": 500,
+    "UNAUTHENTICATED": 401,
 }
 # TF Serving's http_rest_api_util.cc.
 PREDICT_PATH = re.compile(
-    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE)
+    r"/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)", re.IGNORECASE
+)
 STATUS_PATH = re.compile(
-    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE)
+    r"/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?", re.IGNORECASE
+)
 
 
 class StatusError(Exception):
@@ -123,23 +138,28 @@ class ModelStore:
             raise StatusError("FAILED_PRECONDITION", f'Serving signature key "{signature}" not found.')
         expected = sorted(sig.inputs)
         if len(inputs) != len(expected):
-            raise invalid(f"input size does not match signature: {len(inputs)}!={len(expected)} "
-                          f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(expected)}}})")
+            raise invalid(
+                f"input size does not match signature: {len(inputs)}!={len(expected)} "
+                f"len({{{','.join(sorted(inputs))}}}) != len({{{','.join(expected)}}})"
+            )
         tensors = {}
         for position, (alias, array) in enumerate(sorted(inputs.items())):
             if alias not in sig.inputs:
-                raise invalid(f"input tensor alias not found in signature: {alias}. "
-                              f"Inputs expected to be in the set {{{','.join(expected)}}}.")
+                raise invalid(
+                    f"input tensor alias not found in signature: {alias}. "
+                    f"Inputs expected to be in the set {{{','.join(expected)}}}."
+                )
             dtype = tf.dtypes.as_dtype(sig.inputs[alias].dtype)
             given = tf.string if array.dtype == object or array.dtype.kind in "SU" else tf.dtypes.as_dtype(array.dtype)
             if given != dtype:
-                raise invalid(f"Expects arg[{position}] to be {dtype.name} but {given.name} "
-                              "is provided")
+                raise invalid(f"Expects arg[{position}] to be {dtype.name} but {given.name} is provided")
             tensors[alias] = tf.constant(array, dtype=dtype)
         for alias in output_filter:
             if alias not in sig.outputs:
-                raise invalid(f"output tensor alias not found in signature: {alias} Outputs "
-                              f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}.")
+                raise invalid(
+                    f"output tensor alias not found in signature: {alias} Outputs "
+                    f"expected to be in the set {{{','.join(sorted(sig.outputs))}}}."
+                )
         try:
             outputs = servable.functions[signature](**tensors)
         except tf.errors.OpError as exc:
@@ -152,8 +172,11 @@ class ModelStore:
 
 def _op_error_message(message: str) -> str:
     """The runtime's own words, as TF Serving reports them, without eager execution's wrapping."""
-    lines = [line.strip() for line in message.splitlines() if line.strip() and not line.startswith(
-        ("Graph execution error", "Detected at node", "<stack traces"))]
+    lines = [
+        line.strip()
+        for line in message.splitlines()
+        if line.strip() and not line.startswith(("Graph execution error", "Detected at node", "<stack traces"))
+    ]
     return re.sub(r"\s*\[Op:\w+\]$", "", " ".join(lines)) or message
 
 
@@ -184,19 +207,21 @@ def load_store(model_base: Path | None, config_file: Path | None) -> ModelStore:
             elif policy == "all":
                 chosen = versions
             else:
-                chosen = versions[-(entry.model_version_policy.latest.num_versions or 1):]
+                chosen = versions[-(entry.model_version_policy.latest.num_versions or 1) :]
             store.models[entry.name] = {v: _load(entry.name, v, base / str(v)) for v in chosen}
             for label, version in entry.version_labels.items():
                 if version not in store.models[entry.name]:
-                    raise SystemExit(f"model {entry.name}: label {label!r} refers to version {version}, "
-                                     "which is not available")
+                    raise SystemExit(
+                        f"model {entry.name}: label {label!r} refers to version {version}, which is not available"
+                    )
             store.labels[entry.name] = dict(entry.version_labels)
     elif model_base is not None:
         for directory in sorted(p for p in model_base.iterdir() if p.is_dir() and not p.name.startswith(".")):
             versions = _available_versions(directory)
             if versions:
-                store.models[directory.name] = {versions[-1]: _load(directory.name, versions[-1],
-                                                                    directory / str(versions[-1]))}
+                store.models[directory.name] = {
+                    versions[-1]: _load(directory.name, versions[-1], directory / str(versions[-1]))
+                }
     return store
 
 
@@ -221,8 +246,11 @@ def _load(name: str, version: int, path: Path) -> Servable:
 
 def _model_spec_args(spec) -> dict:
     which = spec.WhichOneof("version_choice")
-    return {"name": spec.name, "version": spec.version.value if which == "version" else None,
-            "label": spec.version_label if which == "version_label" else None}
+    return {
+        "name": spec.name,
+        "version": spec.version.value if which == "version" else None,
+        "label": spec.version_label if which == "version_label" else None,
+    }
 
 
 def _tensor_proto(array):
@@ -284,8 +312,7 @@ def grpc_server(store: ModelStore, address: str, delay_s: float):
                     if item != "signature_def":
                         raise invalid(f"Metadata field {item} is not supported")
                 if not request.metadata_field:
-                    raise invalid("GetModelMetadataRequest must specify at least one "
-                                  "metadata_field")
+                    raise invalid("GetModelMetadataRequest must specify at least one metadata_field")
                 servable = store.resolve(**_model_spec_args(request.model_spec))
             except StatusError as status:
                 abort(context, status)
@@ -309,8 +336,10 @@ def grpc_server(store: ModelStore, address: str, delay_s: float):
             return _status_response(get_model_status_pb2, versions)
 
     # TF Serving raises gRPC's message size limits to the maximum (server.cc): a 64-face batch is 12.6 MB.
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=[
-        ("grpc.max_receive_message_length", INT32_MAX), ("grpc.max_send_message_length", INT32_MAX)])
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=16),
+        options=[("grpc.max_receive_message_length", INT32_MAX), ("grpc.max_send_message_length", INT32_MAX)],
+    )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(), server)
     port = server.add_insecure_port(address)
@@ -321,8 +350,9 @@ def grpc_server(store: ModelStore, address: str, delay_s: float):
 def _status_response(get_model_status_pb2, versions: list[int]):
     response = get_model_status_pb2.GetModelStatusResponse()
     for version in versions:
-        status = response.model_version_status.add(version=version,
-                                                   state=get_model_status_pb2.ModelVersionStatus.AVAILABLE)
+        status = response.model_version_status.add(
+            version=version, state=get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        )
         status.status.SetInParent()  # error_code OK, as TF Serving reports a healthy version
     return response
 
@@ -398,8 +428,7 @@ def rest_predict(store: ModelStore, servable: Servable, body: bytes) -> dict:
             values = {aliases[0]: rows}
         else:
             if not all(_is_named(row) and set(row) == set(aliases) for row in rows):
-                raise invalid(f"Expecting each instance to be an object with the named "
-                              f"inputs {{{','.join(aliases)}}}")
+                raise invalid(f"Expecting each instance to be an object with the named inputs {{{','.join(aliases)}}}")
             values = {alias: [row[alias] for row in rows] for alias in aliases}
     elif "inputs" in doc:
         columns = doc["inputs"]
@@ -408,14 +437,15 @@ def rest_predict(store: ModelStore, servable: Servable, body: bytes) -> dict:
         elif len(aliases) == 1:
             values = {aliases[0]: columns}
         else:
-            raise invalid(f"Expecting 'inputs' to be an object with the named inputs "
-                          f"{{{','.join(aliases)}}}")
+            raise invalid(f"Expecting 'inputs' to be an object with the named inputs {{{','.join(aliases)}}}")
     else:
         raise invalid("Missing 'inputs' or 'instances' key")
     for alias in values:
         if alias not in sig.inputs:
-            raise invalid(f"input tensor alias not found in signature: {alias}. "
-                          f"Inputs expected to be in the set {{{','.join(aliases)}}}.")
+            raise invalid(
+                f"input tensor alias not found in signature: {alias}. "
+                f"Inputs expected to be in the set {{{','.join(aliases)}}}."
+            )
     arrays = {alias: _json_array(v, sig.inputs[alias].dtype) for alias, v in values.items()}
     outputs = store.predict(servable, signature, arrays)
     plain = {alias: _json_value(array, alias) for alias, array in outputs.items()}
@@ -477,10 +507,12 @@ def rest_handler(store: ModelStore, delay_s: float) -> type[BaseHTTPRequestHandl
             if not name:
                 raise invalid("Missing model name in request.")
             if version and label:
-                raise invalid(f"Both model version ({version}) and model version label "
-                              f"({label}) cannot be supplied.")
-            spec = {"name": unquote(name), "version": int(version) if version else None,
-                    "label": unquote(label) if label else None}
+                raise invalid(f"Both model version ({version}) and model version label ({label}) cannot be supplied.")
+            spec = {
+                "name": unquote(name),
+                "version": int(version) if version else None,
+                "label": unquote(label) if label else None,
+            }
             if method == "POST":
                 if action.lower() != "predict":
                     raise StatusError("UNIMPLEMENTED", f"this test server implements :predict only, not :{action}")
@@ -488,14 +520,21 @@ def rest_handler(store: ModelStore, delay_s: float) -> type[BaseHTTPRequestHandl
                 return rest_predict(store, store.resolve(**spec), body)
             if action:
                 servable = store.resolve(**spec)
-                return {"model_spec": {"name": servable.name, "signature_name": "",
-                                       "version": str(servable.version)},
-                        "metadata": {"signature_def": {"signature_def": {
-                            key: json_format.MessageToDict(sig, preserving_proto_field_name=True)
-                            for key, sig in servable.signature_defs.items()}}}}
+                return {
+                    "model_spec": {"name": servable.name, "signature_name": "", "version": str(servable.version)},
+                    "metadata": {
+                        "signature_def": {
+                            "signature_def": {
+                                key: json_format.MessageToDict(sig, preserving_proto_field_name=True)
+                                for key, sig in servable.signature_defs.items()
+                            }
+                        }
+                    },
+                }
             response = _status_response(get_model_status_pb2, store.status(**spec))
-            return json_format.MessageToDict(response, preserving_proto_field_name=True,
-                                             always_print_fields_with_no_presence=True)
+            return json_format.MessageToDict(
+                response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+            )
 
         def _reply(self, code: int, payload: dict) -> None:
             data = json.dumps(payload, indent=1).encode()
@@ -512,16 +551,20 @@ def rest_handler(store: ModelStore, delay_s: float) -> type[BaseHTTPRequestHandl
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.tfserving_server",
-                                     description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.support.tfserving_server", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--model-base", type=Path, help="DIR/<name>/<version>/ SavedModels")
     parser.add_argument("--model-config-file", type=Path, help="a ModelServerConfig text file (models.config)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--grpc-port", type=int, default=8500)
     parser.add_argument("--rest-port", type=int, default=8501)
     parser.add_argument("--delay-ms", type=int, default=0, help="sleep this long before each prediction")
-    parser.add_argument("--listen-after", type=Path,
-                        help="load the models, then wait until this file exists before listening (a late start)")
+    parser.add_argument(
+        "--listen-after",
+        type=Path,
+        help="load the models, then wait until this file exists before listening (a late start)",
+    )
     args = parser.parse_args(argv)
     if args.model_base is None and args.model_config_file is None:
         parser.error("give --model-base, --model-config-file or both")
@@ -544,8 +587,10 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
     served = ",".join(f"{name}:{v}" for name, versions in store.models.items() for v in versions)
-    print(f"{READY} grpc={args.host}:{grpc_port} rest=http://{args.host}:{http.server_address[1]} "
-          f"models={served}", flush=True)
+    print(
+        f"{READY} grpc={args.host}:{grpc_port} rest=http://{args.host}:{http.server_address[1]} models={served}",
+        flush=True,
+    )
     stop.wait()
     http.shutdown()
     grpc_srv.stop(grace=1).wait()
@@ -620,14 +665,32 @@ class ServerProcess:
         self.stop()
 
 
-def start_server(model_base: Path | None = None, log: Path | None = None, *, grpc_port: int = 0,
-                 rest_port: int = 0, delay_ms: int = 0, args: tuple[str, ...] = (), wait: bool = True,
-                 timeout: float = 180) -> ServerProcess:
+def start_server(
+    model_base: Path | None = None,
+    log: Path | None = None,
+    *,
+    grpc_port: int = 0,
+    rest_port: int = 0,
+    delay_ms: int = 0,
+    args: tuple[str, ...] = (),
+    wait: bool = True,
+    timeout: float = 180,
+) -> ServerProcess:
     """Start the server in a separate process (stderr to `log`); wait for its ready line unless `wait=False`."""
     import tempfile
 
-    command = [sys.executable, "-m", "tests.support.tfserving_server", "--grpc-port", str(grpc_port),
-               "--rest-port", str(rest_port), "--delay-ms", str(delay_ms), *args]
+    command = [
+        sys.executable,
+        "-m",
+        "tests.support.tfserving_server",
+        "--grpc-port",
+        str(grpc_port),
+        "--rest-port",
+        str(rest_port),
+        "--delay-ms",
+        str(delay_ms),
+        *args,
+    ]
     if model_base is not None:
         command += ["--model-base", str(model_base)]
     if log is None:
@@ -635,8 +698,14 @@ def start_server(model_base: Path | None = None, log: Path | None = None, *, grp
         os.close(handle)
         log = Path(name)
     with log.open("wb") as stderr:
-        process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        process = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     server = ServerProcess(process, log, grpc_port, rest_port)
 
     def pump() -> None:

@@ -30,16 +30,34 @@ def upgrade() -> None:
     op.create_index("ix_submissions_scan_key", "submissions", ["scan_id", "api_key_id", "created_at"])
     # The page URL a scan held was its creator's: it becomes that key's submission, and leaves the shared record.
     connection = op.get_bind()
-    scans = sa.table("scans", sa.column("id"), sa.column("api_key_id"), sa.column("page_url"),
-                     sa.column("created_at"))
-    submissions = sa.table("submissions", sa.column("id"), sa.column("scan_id"), sa.column("api_key_id"),
-                           sa.column("page_url"), sa.column("created_at"))
-    rows = connection.execute(sa.select(scans.c.id, scans.c.api_key_id, scans.c.page_url, scans.c.created_at)
-                              .where(scans.c.page_url.is_not(None))).all()
+    scans = sa.table("scans", sa.column("id"), sa.column("api_key_id"), sa.column("page_url"), sa.column("created_at"))
+    submissions = sa.table(
+        "submissions",
+        sa.column("id"),
+        sa.column("scan_id"),
+        sa.column("api_key_id"),
+        sa.column("page_url"),
+        sa.column("created_at"),
+    )
+    rows = connection.execute(
+        sa.select(scans.c.id, scans.c.api_key_id, scans.c.page_url, scans.c.created_at).where(
+            scans.c.page_url.is_not(None)
+        )
+    ).all()
     if rows:
-        connection.execute(submissions.insert(), [
-            {"id": secrets.token_urlsafe(16), "scan_id": r.id, "api_key_id": r.api_key_id, "page_url": r.page_url,
-             "created_at": r.created_at} for r in rows])
+        connection.execute(
+            submissions.insert(),
+            [
+                {
+                    "id": secrets.token_urlsafe(16),
+                    "scan_id": r.id,
+                    "api_key_id": r.api_key_id,
+                    "page_url": r.page_url,
+                    "created_at": r.created_at,
+                }
+                for r in rows
+            ],
+        )
         connection.execute(scans.update().values(page_url=None))
 
 
