@@ -4,7 +4,6 @@ the soft time limit ends a scan as `timeout`, and a retry runs when its backoff 
 from __future__ import annotations
 
 import json
-import socket
 import time
 import urllib.parse
 
@@ -14,7 +13,7 @@ import requests
 from server.app import create_app
 from server.config import ServerSettings
 from tests.support.media_server import MediaServer
-from tests.support.server_stack import METRICS_TOKEN, wait_for
+from tests.support.server_stack import METRICS_TOKEN, refusing_port, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -76,34 +75,29 @@ def test_the_soft_time_limit_ends_a_scan_as_timeout(server_stack, monkeypatch):
         server_stack.workers.remove(worker)
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_retry_runs_when_its_backoff_ends_in_dev_mode(tmp_path):
     from tests.support.extension import DevGateway
 
-    port = closed_port()  # connection refused: a transient download failure, retried
-    dev = DevGateway(
-        tmp_path,
-        [f"127.0.0.1:{port}"],
-        MESOSCAN_RETRY_BACKOFF_S="2",
-        MESOSCAN_RETRY_BACKOFF_MAX_S="2",
-        MESOSCAN_MAX_ATTEMPTS="3",
-    ).start()
-    try:
-        r = requests.post(f"{dev.base}/api/v1/scans", json={"url": f"http://127.0.0.1:{port}/clip.mp4"}, timeout=10)
-        assert r.status_code == 202, r.text
-        started = time.monotonic()
-        scan = wait_for(
-            lambda: (s := dev.scan(r.json()["id"]))["status"] == "failed" and s,
-            45,
-            interval=0.2,
-            what="the retried scan to end",
-        )
-        assert scan["attempts"] == 3 and scan["result"]["error"]["code"] == "download_failed"
-        assert time.monotonic() - started < 30, "the retries waited for the recovery sweep, not their backoff"
-    finally:
-        dev.service.stop()
+    with refusing_port() as port:  # connection refused: a transient download failure, retried
+        dev = DevGateway(
+            tmp_path,
+            [f"127.0.0.1:{port}"],
+            MESOSCAN_RETRY_BACKOFF_S="2",
+            MESOSCAN_RETRY_BACKOFF_MAX_S="2",
+            MESOSCAN_MAX_ATTEMPTS="3",
+        ).start()
+        try:
+            r = requests.post(f"{dev.base}/api/v1/scans", json={"url": f"http://127.0.0.1:{port}/clip.mp4"}, timeout=10)
+            assert r.status_code == 202, r.text
+            started = time.monotonic()
+            scan = wait_for(
+                lambda: (s := dev.scan(r.json()["id"]))["status"] == "failed" and s,
+                45,
+                interval=0.2,
+                what="the retried scan to end",
+            )
+            error = scan["result"]["error"]
+            assert scan["attempts"] == 3 and error["code"] == "download_failed", error
+            assert time.monotonic() - started < 30, "the retries waited for the recovery sweep, not their backoff"
+        finally:
+            dev.service.stop()

@@ -6,7 +6,6 @@ import functools
 import http.server
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -20,14 +19,9 @@ from serving.errors import ModelFetchError, UnknownModelError
 from serving.fetch import fetch_file, sha256_of
 from serving.registry import BUILTIN, get_model, is_installed, list_models, load_keras_model
 from tests.conftest import DEFAULT_MODEL, ROOT, SHARED, require_shared
+from tests.support.server_stack import refusing_port
 
 MESO4_DF = get_model("meso4_df", ServingSettings(models_dir=Path("/nonexistent")))
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -89,9 +83,10 @@ def test_wrong_hash_names_the_file_and_keeps_nothing(tmp_path):
 
 def test_missing_file_and_no_network_say_what_to_do(tmp_path, models_http):
     settings = ServingSettings(models_dir=tmp_path, models_mirror=models_http, retries=0, models_timeout_s=5)
-    upstream = f"http://127.0.0.1:{closed_port()}/weights/Meso4_DF.h5"
-    with pytest.raises(ModelFetchError) as info:
-        fetch_file("mesonet", "Nope.h5", MESO4_DF.weights.sha256, upstream, settings)
+    with refusing_port() as port, pytest.raises(ModelFetchError) as info:
+        fetch_file(
+            "mesonet", "Nope.h5", MESO4_DF.weights.sha256, f"http://127.0.0.1:{port}/weights/Meso4_DF.h5", settings
+        )
     message = str(info.value)
     assert "could not fetch Nope.h5" in message
     assert "HTTP 404" in message  # the mirror does not have it
@@ -198,8 +193,9 @@ def test_cli_fetch_failure_is_one_clear_line_per_source(tmp_path):
     env = {"MESOSCAN_MODELS_DIR": str(tmp_path / "m"), "MESOSCAN_MODELS_MIRROR": str(mirror)}
     # The upstream URL is GitHub; the guard in conftest covers only this process, so the child gets no network
     # at all: an unroutable proxy on loopback stands in for "no network".
-    env |= {"HTTPS_PROXY": f"http://127.0.0.1:{closed_port()}", "NO_PROXY": "", "no_proxy": "", "MESOSCAN_RETRIES": "0"}
-    result = _mesoscan("models", "fetch", "meso4_df", env_extra=env)
+    with refusing_port() as port:
+        env |= {"HTTPS_PROXY": f"http://127.0.0.1:{port}", "NO_PROXY": "", "no_proxy": "", "MESOSCAN_RETRIES": "0"}
+        result = _mesoscan("models", "fetch", "meso4_df", env_extra=env)
     assert result.returncode == 1
     assert "error [model_unavailable]: could not fetch Meso4_DF.h5" in result.stderr
     assert "no such file" in result.stderr and "Traceback" not in result.stderr
