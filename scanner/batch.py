@@ -33,6 +33,7 @@ import click
 
 from scanner.batch_input import FORMATS, BatchInput, InputError, Row, Target, read_input, target_for
 from scanner.errors import ScanError
+from serving.files import atomic_write_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATEWAY, EXIT_FAIL_ON = 0, 1, 2, 3, 10
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -135,10 +136,8 @@ class Journal:
 
     def rewrite(self, entries: list[dict]) -> None:
         """The final file, in input order, replacing the journal atomically."""
-        from scanner.batch_report import atomic_write
-
         self.close()
-        atomic_write(self.path, b"".join(_line(entry) for entry in entries))
+        atomic_write_bytes(self.path, b"".join(_line(entry) for entry in entries))
 
 
 # --- items -------------------------------------------------------------------------------------------------------
@@ -395,9 +394,7 @@ class Batch:
             ) from None
 
     def _write_manifest(self, data: dict) -> None:
-        from scanner.batch_report import atomic_write
-
-        atomic_write(self.out / MANIFEST, (json.dumps(data, indent=2) + "\n").encode())
+        atomic_write_bytes(self.out / MANIFEST, (json.dumps(data, indent=2) + "\n").encode())
 
     def _build_items(self, batch_input: BatchInput) -> None:
         policy = None

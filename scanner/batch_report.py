@@ -17,12 +17,12 @@ import csv
 import hashlib
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
+
+from serving.files import atomic_write_bytes
 
 CSV_COLUMNS = [
     "label",
@@ -56,27 +56,6 @@ ERROR_WORDS = {
 
 def label_of(doc: dict) -> str:
     return doc["verdict"]["label"] if doc["status"] == "done" else "failed"
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write `path` whole or not at all (a temp file beside it, fsynced, renamed over it)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # as an ordinary file would be, not mkstemp's 0600
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _cell(value: Any) -> str:
@@ -123,7 +102,7 @@ def write_csv(path: Path, entries: list[dict], columns: list[str], gateway: bool
     writer.writerow(csv_header(columns, gateway))
     for entry in entries:
         writer.writerow(csv_row(entry, columns, gateway))
-    atomic_write(path, buffer.getvalue().encode("utf-8-sig"))
+    atomic_write_bytes(path, buffer.getvalue().encode("utf-8-sig"))
 
 
 # --- report.html -------------------------------------------------------------------------------------------------
@@ -233,4 +212,4 @@ def render_html(entries: list[dict], meta: dict) -> str:
 
 
 def write_html(path: Path, entries: list[dict], meta: dict) -> None:
-    atomic_write(path, render_html(entries, meta).encode("utf-8"))
+    atomic_write_bytes(path, render_html(entries, meta).encode("utf-8"))

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import logging
 import multiprocessing
 import os
@@ -45,6 +44,7 @@ from scanner.errors import (
 )
 from scanner.netguard import AddressPolicy, NetGuard, guarded_youtube_dl
 from scanner.probe import VideoInfo, probe_video
+from serving.files import sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -119,14 +119,6 @@ class DownloadedVideo:
         }
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _probe(path: Path, settings: ScannerSettings) -> VideoInfo:
     return probe_video(
         path, settings.max_duration_s, max_frames=settings.max_frames, max_pixels=settings.max_frame_pixels
@@ -142,7 +134,7 @@ def _downloaded(path: Path, url: str | None, info: VideoInfo, meta: dict[str, An
         width=info.width,
         height=info.height,
         fps=info.fps,
-        sha256=_sha256(path),
+        sha256=sha256_of(path),
         filesize=path.stat().st_size,
         info=info,
         webpage_url=meta.get("webpage_url"),

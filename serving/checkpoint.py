@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from serving.files import atomic_writer
 
 FORMAT = 1
 
@@ -51,15 +52,8 @@ def save(path: Path, model, state: LoopState, best_weights: list[np.ndarray] | N
         ("best", best_weights or []),
     ):
         arrays.update({f"{prefix}_{i:04d}": value for i, value in enumerate(values)})
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with staging.open("wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
+    with atomic_writer(path) as f:
+        np.savez(f, **arrays)
 
 
 def restore(path: Path, model) -> Checkpoint:

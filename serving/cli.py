@@ -165,12 +165,11 @@ def export(
             path = export_model(spec.name, out_dir, settings)
             click.echo(f"{spec.name}: {path}")
     if config_file:
+        from serving.files import atomic_write_text
         from serving.tfserving_config import render_models_config
 
         config_file.parent.mkdir(parents=True, exist_ok=True)
-        staging = config_file.with_name(f".{config_file.name}.tmp")
-        staging.write_text(render_models_config(specs, base_path))
-        staging.replace(config_file)
+        atomic_write_text(config_file, render_models_config(specs, base_path))
         click.echo(f"models config ({len(specs)} models): {config_file}")
 
 

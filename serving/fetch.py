@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import shutil
-import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
 import requests
 from requests.adapters import HTTPAdapter
@@ -14,14 +12,11 @@ from urllib3.util.retry import Retry
 
 from serving.config import ServingSettings
 from serving.errors import ModelFetchError
+from serving.files import atomic_writer, sha256_of
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _MismatchError(Exception):
+    """The bytes of a source are not the pinned ones."""
 
 
 def _session(retries: int) -> requests.Session:
@@ -47,18 +42,18 @@ def candidate_sources(group: str, filename: str, url: str | None, mirror: str | 
     return sources
 
 
-def _copy_to(source: str, target: Path, settings: ServingSettings) -> None:
+def _copy_to(source: str, out: BinaryIO, settings: ServingSettings) -> None:
     if source.startswith(("http://", "https://")):
         with _session(settings.retries).get(source, stream=True, timeout=settings.models_timeout_s) as r:
             if r.status_code != 200:
                 raise OSError(f"HTTP {r.status_code}")
-            with target.open("wb") as f:
-                for chunk in r.iter_content(1 << 16):
-                    f.write(chunk)
+            for chunk in r.iter_content(1 << 16):
+                out.write(chunk)
     else:
         if not Path(source).is_file():
             raise OSError("no such file")
-        shutil.copyfile(source, target)
+        with open(source, "rb") as f:
+            shutil.copyfileobj(f, out, 1 << 20)
 
 
 def fetch_file(group: str, filename: str, sha256: str, url: str | None, settings: ServingSettings) -> Path:
@@ -70,21 +65,17 @@ def fetch_file(group: str, filename: str, sha256: str, url: str | None, settings
     target.parent.mkdir(parents=True, exist_ok=True)
     failures = []
     for source in candidate_sources(group, filename, url, settings.models_mirror):
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{filename}.", dir=target.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
         try:
-            _copy_to(source, tmp, settings)
-            digest = sha256_of(tmp)
-            if digest != sha256:
-                failures.append(f"{source}: sha256 {digest} does not match the pinned {sha256}")
-                continue
-            tmp.replace(target)
+            with atomic_writer(target) as out:
+                _copy_to(source, out, settings)
+                out.flush()
+                if (digest := sha256_of(Path(out.name))) != sha256:
+                    raise _MismatchError(f"{source}: sha256 {digest} does not match the pinned {sha256}")
             return target
+        except _MismatchError as exc:
+            failures.append(str(exc))
         except (OSError, requests.RequestException) as exc:
             failures.append(f"{source}: {exc}")
-        finally:
-            tmp.unlink(missing_ok=True)
     if not failures:
         raise ModelFetchError(f"{filename}: no source to fetch it from (set MESOSCAN_MODELS_MIRROR)")
     raise ModelFetchError(

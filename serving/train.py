@@ -342,7 +342,7 @@ def validation_crops(data_dir: Path, split: dict, rows: tuple[int, int] | None =
 
 
 def _sha256(path: Path) -> str:
-    from serving.fetch import sha256_of
+    from serving.files import sha256_of
 
     return sha256_of(path)
 
@@ -659,21 +659,12 @@ def _versions() -> dict:
 # --- registration -----------------------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    staging = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        staging.write_text(text)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-
-
 def register(out_dir: Path, meta: dict, weights_source: Path | None = None) -> Path:
     """Write `<name>.weights.h5` (copied from `weights_source`), `<name>.json` and `<name>.md` into `out_dir`.
 
     The version is one more than that of a model of the same name already there (else 1).
     """
-    from serving.fetch import sha256_of
+    from serving.files import atomic_copy, atomic_write_text, sha256_of
     from serving.modelcard import render_card
 
     out_dir = Path(out_dir)
@@ -689,12 +680,7 @@ def register(out_dir: Path, meta: dict, weights_source: Path | None = None) -> P
     meta = {**meta, "version": version, "registered": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
     if weights_source is not None:
         weights = out_dir / f"{name}.weights.h5"
-        staging = weights.with_name(f".{weights.name}.tmp-{os.getpid()}")
-        try:
-            shutil.copyfile(weights_source, staging)
-            os.replace(staging, weights)
-        finally:
-            staging.unlink(missing_ok=True)
+        atomic_copy(weights_source, weights)
         meta = {**meta, "weights": weights.name, "sha256": sha256_of(weights)}
     ordered = {
         k: meta[k]
@@ -713,8 +699,8 @@ def register(out_dir: Path, meta: dict, weights_source: Path | None = None) -> P
         if k in meta
     }
     meta = {**ordered, **meta}
-    _write_atomic(meta_path, json.dumps(meta, indent=2) + "\n")
-    _write_atomic(meta_path.with_suffix(".md"), render_card(meta))
+    atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(meta_path.with_suffix(".md"), render_card(meta))
     return meta_path
 
 

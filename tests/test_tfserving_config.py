@@ -8,13 +8,12 @@ import pytest
 from click.testing import CliRunner
 
 from serving.errors import TFServingConfigError
-from serving.tfserving_config import (
+from serving.tfserving_config import MODELS_CONFIG, render_models_config
+from tests.support.tfserving_checks import (
     BATCHING_CONFIG,
-    MODELS_CONFIG,
     batching_parameters_class,
     check_batching_config,
     parse_models_config,
-    render_models_config,
 )
 
 # `message BatchingParameters` as declared in TF Serving's
