@@ -123,6 +123,29 @@ def test_configuration_table_has_every_setting_with_its_default(monkeypatch):
         check_default(monkeypatch, name, value, "docs/configuration.md")
 
 
+def stated_default(text: str) -> str | None:
+    """The value in a prose mention such as "(36,000: 10 min at 60 fps)" or "(64 KiB)"; None when it states none."""
+    text = (
+        " ".join(text.split()).removeprefix("default").lstrip(": ").split(";")[0].split(":")[0].split(" = ")[0].strip()
+    )
+    if m := re.fullmatch(r"([\d,]+)×([\d,]+)", text):
+        return str(int(m.group(1).replace(",", "")) * int(m.group(2).replace(",", "")))
+    if m := re.fullmatch(r"([\d,]+) KiB", text):
+        return str(int(m.group(1).replace(",", "")) * 1024)
+    if re.fullmatch(r"[\d,]+(\.\d+)?", text):
+        return text.replace(",", "")
+    return text if " " not in text else None  # `60/minute`, `unset`; words are no value
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_defaults_stated_in_prose_are_the_defaults(monkeypatch, page):
+    """ "`MESOSCAN_MAX_FILESIZE_MB` (200)" anywhere in the documentation is the setting's real default."""
+    known = fields()
+    for name, text in re.findall(r"`(MESOSCAN_[A-Z0-9_]+)` \(([^)]*)\)", page.read_text()):
+        if name in known and (value := stated_default(text)) is not None:
+            check_default(monkeypatch, name, value, page.name)
+
+
 def test_every_name_read_from_the_environment_is_documented():
     """A `MESOSCAN_*` name read with os.environ instead of a settings field is described (and still read)."""
     reads = set(settings_docs.direct_reads())
