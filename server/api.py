@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
-import time
 import urllib.parse
-from collections import OrderedDict
 from typing import Annotated, Any
 
+from cachetools import LRUCache, TTLCache
 from flask import Blueprint, current_app, g, jsonify, request, url_for
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import delete, select
@@ -19,6 +17,7 @@ from scanner.errors import InvalidUrlError, ScanError
 from server import jobs
 from server.db import read_scope, session_scope
 from server.errors import ApiError
+from server.jobs import ID_PATTERN, UNSTORABLE
 from server.metrics import SUBMISSIONS
 from server.models import ACTIVE, FINAL, Batch, BatchItem, Scan, utcnow
 
@@ -26,16 +25,12 @@ log = logging.getLogger(__name__)
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 STATUSES = ("queued", "running", "done", "failed", "rejected")
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 def _storable(text: str) -> str:
     """No NUL and no lone surrogates: neither can be stored as text (PostgreSQL refuses them)."""
-    if _UNSTORABLE.search(text):
+    if UNSTORABLE.search(text):
         raise ValueError("text may not contain NUL characters or lone surrogates")
     return text
 
@@ -141,19 +136,41 @@ def external_url(endpoint: str, **values) -> str:
 
 MODELS_TTL_S = 60.0
 """Registered models are listed at most this often per process (a newly trained model is accepted within a minute)."""
+FINAL_ANSWERS_CACHED = 256
+
+
+class _Caches:
+    """An app's answers kept in memory: those of finished scans (they never change again), the registered models."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.final: LRUCache[tuple[str, str], bytes] = LRUCache(FINAL_ANSWERS_CACHED)
+        self.models: TTLCache[str, tuple[str, dict[str, int]]] = TTLCache(1, MODELS_TTL_S)
+
+
+@bp.record_once
+def _add_caches(state) -> None:
+    state.app.extensions["mesoscan_caches"] = _Caches()
+
+
+def _caches() -> _Caches:
+    return current_app.extensions["mesoscan_caches"]
 
 
 def _models() -> tuple[str, dict[str, int]]:
     """(default model, {name: version}) of the registry, cached briefly per app."""
-    cached = current_app.extensions.get("mesoscan_models")
-    if cached is None or time.monotonic() - cached[0] > MODELS_TTL_S:
+    caches = _caches()
+    with caches.lock:
+        found = caches.models.get("registry")
+    if found is None:
         from serving.config import get_settings as serving_settings
         from serving.registry import list_models
 
         settings = serving_settings()
-        cached = (time.monotonic(), settings.model, {spec.name: spec.version for spec in list_models(settings)})
-        current_app.extensions["mesoscan_models"] = cached
-    return cached[1], cached[2]
+        found = (settings.model, {spec.name: spec.version for spec in list_models(settings)})
+        with caches.lock:
+            caches.models["registry"] = found
+    return found
 
 
 def _model(name: str | None) -> tuple[str, int]:
@@ -272,43 +289,24 @@ def _get_or_404(session, model, item_id: str):
     return found
 
 
-class FinalCache:
-    """Serialized answers for finished scans, which never change again (an LRU per process)."""
-
-    def __init__(self, size: int = 256):
-        self.size = size
-        self._items: OrderedDict[tuple[str, str], bytes] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: tuple[str, str]) -> bytes | None:
-        with self._lock:
-            body = self._items.get(key)
-            if body is not None:
-                self._items.move_to_end(key)
-            return body
-
-    def put(self, key: tuple[str, str], body: bytes) -> None:
-        with self._lock:
-            self._items[key] = body
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-
-
 @bp.get("/scans/<scan_id>")
 def get_scan(scan_id: str):
-    cache: FinalCache = current_app.extensions.setdefault("mesoscan_final_cache", FinalCache())
+    caches = _caches()
     key = (request.host_url, scan_id)
     with read_scope(_settings().database_url) as session:
         page = jobs.page_of(session, scan_id, g.get("api_key_id")) if ID_PATTERN.match(scan_id) else None
-        body = cache.get(key) if page is None else None  # the cached answer holds no one's page URL
+        body = None
+        if page is None:  # the cached answer holds no one's page URL
+            with caches.lock:
+                body = caches.final.get(key)
         if body is None:
             scan = _get_or_404(session, Scan, scan_id)
             body = json.dumps(
                 scan_json(scan, page_url=page and page.page_url, page_token=page and page.id), separators=(",", ":")
             ).encode()
             if scan.status in FINAL and page is None:
-                cache.put(key, body)
+                with caches.lock:
+                    caches.final[key] = body
     return current_app.response_class(body, mimetype="application/json")
 
 
