@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 
+from cachetools import TTLCache
 from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 bp = Blueprint("health", __name__)
 
-_model_check_lock = threading.Lock()
-_model_check: dict[str, tuple[float, dict]] = {}
 MODEL_CHECK_TTL_S = 5.0
+_model_check_lock = threading.Lock()
+_model_check: TTLCache[str, dict] = TTLCache(16, MODEL_CHECK_TTL_S)
+
+
+def is_redis(url: str) -> bool:
+    """A Redis URL (the broker's, the rate limiter's): `redis_client` can talk to it."""
+    return url.startswith(("redis://", "rediss://"))
 
 
 @functools.cache
@@ -60,11 +65,8 @@ def check_model_backend() -> dict:
     settings = serving_settings()
     key = f"{settings.model_backend}|{settings.tfserving_url}|{settings.model}"
     with _model_check_lock:
-        cached = _model_check.get(key)
-        if cached and time.monotonic() - cached[0] < MODEL_CHECK_TTL_S:
-            return cached[1]
-        result = _probe_model_backend(settings)
-        _model_check[key] = (time.monotonic(), result)
+        if (result := _model_check.get(key)) is None:
+            result = _model_check[key] = _probe_model_backend(settings)
         return result
 
 
@@ -100,7 +102,7 @@ def healthz():
 
 
 _ready_lock = threading.Lock()
-_ready: dict[tuple, tuple[float, dict]] = {}
+_ready: TTLCache[tuple, dict] = TTLCache(16, MODEL_CHECK_TTL_S)
 
 
 def _checks(settings) -> dict:
@@ -110,18 +112,13 @@ def _checks(settings) -> dict:
     serving = serving_settings()
     key = (settings.broker_url, settings.database_url, serving.model_backend, serving.tfserving_url, serving.model)
     with _ready_lock:
-        hit = _ready.get(key)
-        if hit is None or time.monotonic() - hit[0] >= MODEL_CHECK_TTL_S:
-            hit = (
-                time.monotonic(),
-                {
-                    "broker": check_broker(settings.broker_url),
-                    "database": check_database(settings.database_url),
-                    "model_backend": check_model_backend(),
-                },
-            )
-            _ready[key] = hit
-        return hit[1]
+        if (checks := _ready.get(key)) is None:
+            checks = _ready[key] = {
+                "broker": check_broker(settings.broker_url),
+                "database": check_database(settings.database_url),
+                "model_backend": check_model_backend(),
+            }
+        return checks
 
 
 @bp.get("/readyz")

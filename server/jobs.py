@@ -6,6 +6,9 @@ Every transition is one conditional UPDATE, so gateways and workers on several m
 - a scan belongs to one Celery message at a time (`task_id`): a delivery of any other message is dropped, and a
   redelivery of the owning message (its worker died) may take the scan over once its heartbeat has gone stale;
 - a scan becomes final once: the first worker to finish writes the verdict, later ones change nothing.
+
+Every function works in the caller's `Session` (from `server.db.session_scope`): its statements commit with the
+caller's transaction, so a gateway request can submit many scans in one.
 """
 
 from __future__ import annotations
@@ -25,13 +28,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from scanner.batch_input import normalize_url  # the same rules for batches run here and by a gateway
-from server.db import session_scope
 from server.models import ACTIVE, DONE, FAILED, FINAL, QUEUED, RUNNING, BatchItem, Scan, ScanSubmission, utcnow
 
 
 def new_id() -> str:
     """Unguessable (128 bits): a report link is shared, but ids must not be enumerable."""
     return secrets.token_urlsafe(16)
+
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""What a scan, batch or submission id may look like (checked before one from a URL reaches a query or a path)."""
 
 
 def new_task_id() -> str:
@@ -171,100 +177,99 @@ class Claim:
     version: int = 0
 
 
-def claim(db_url: str, scan_id: str, task_id: str, worker: str, stale_after_s: float) -> Claim:
+def claim(session: Session, scan_id: str, task_id: str, worker: str, stale_after_s: float) -> Claim:
     now = utcnow()
     stale_before = now - dt.timedelta(seconds=stale_after_s)
-    with session_scope(db_url) as session:
-        taken = session.execute(
-            update(Scan)
-            .where(
-                Scan.id == scan_id,
-                Scan.task_id == task_id,
-                or_(
-                    Scan.status == QUEUED,
-                    and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
-                ),
-            )
-            .values(
-                status=RUNNING,
-                attempts=Scan.attempts + 1,
-                worker=worker[:255],
-                heartbeat_at=now,
-                stage="fetch",
-                fraction=0.0,
-            )
-            .execution_options(synchronize_session=False)
-        ).rowcount
-        scan = session.get(Scan, scan_id)
-        if scan is None:
-            return Claim("gone")
-        if taken:
-            if scan.started_at is None:
-                scan.started_at = now
-            return Claim("claimed", scan.attempts, scan.url, scan.model, scan.model_version)
-        if scan.status == RUNNING and scan.task_id == task_id:
-            return Claim("busy")
+    taken = session.execute(
+        update(Scan)
+        .where(
+            Scan.id == scan_id,
+            Scan.task_id == task_id,
+            or_(
+                Scan.status == QUEUED,
+                and_(Scan.status == RUNNING, or_(Scan.heartbeat_at.is_(None), Scan.heartbeat_at < stale_before)),
+            ),
+        )
+        .values(
+            status=RUNNING,
+            attempts=Scan.attempts + 1,
+            worker=worker[:255],
+            heartbeat_at=now,
+            stage="fetch",
+            fraction=0.0,
+        )
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    scan = session.get(Scan, scan_id, populate_existing=True)
+    if scan is None:
         return Claim("gone")
+    if taken:
+        if scan.started_at is None:
+            scan.started_at = now
+        return Claim("claimed", scan.attempts, scan.url, scan.model, scan.model_version)
+    if scan.status == RUNNING and scan.task_id == task_id:
+        return Claim("busy")
+    return Claim("gone")
 
 
-def heartbeat(db_url: str, scan_id: str, task_id: str, stage: str | None = None, fraction: float | None = None) -> None:
+def heartbeat(
+    session: Session, scan_id: str, task_id: str, stage: str | None = None, fraction: float | None = None
+) -> None:
     values: dict = {"heartbeat_at": utcnow()}
     if stage is not None:
         values["stage"] = stage
     if fraction is not None:
         values["fraction"] = max(0.0, min(1.0, float(fraction)))
-    with session_scope(db_url) as session:
-        session.execute(
-            update(Scan)
-            .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
-            .values(**values)
-            .execution_options(synchronize_session=False)
-        )
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
 
 
-def find_by_content(db_url: str, scan_id: str, sha256: str, model: str, version: int, ttl_s: float) -> Scan | None:
+def find_by_content(session: Session, scan_id: str, sha256: str, model: str, version: int, ttl_s: float) -> Scan | None:
     """Record the downloaded video's hash on the scan, and return a recent verdict for the same bytes and model."""
-    with session_scope(db_url) as session:
-        session.execute(
-            update(Scan).where(Scan.id == scan_id).values(sha256=sha256).execution_options(synchronize_session=False)
+    session.execute(
+        update(Scan).where(Scan.id == scan_id).values(sha256=sha256).execution_options(synchronize_session=False)
+    )
+    if ttl_s <= 0:
+        return None
+    since = utcnow() - dt.timedelta(seconds=ttl_s)
+    return session.scalars(
+        select(Scan)
+        .where(
+            Scan.sha256 == sha256,
+            Scan.model == model,
+            Scan.model_version == version,
+            Scan.status == DONE,
+            Scan.finished_at >= since,
+            Scan.id != scan_id,
         )
-        if ttl_s <= 0:
-            return None
-        since = utcnow() - dt.timedelta(seconds=ttl_s)
-        return session.scalars(
-            select(Scan)
-            .where(
-                Scan.sha256 == sha256,
-                Scan.model == model,
-                Scan.model_version == version,
-                Scan.status == DONE,
-                Scan.finished_at >= since,
-                Scan.id != scan_id,
-            )
-            .order_by(Scan.finished_at.desc())
-            .limit(1)
-        ).first()
+        .order_by(Scan.finished_at.desc())
+        .limit(1)
+    ).first()
 
 
-def back_to_queue(db_url: str, scan_id: str, task_id: str) -> None:
+def back_to_queue(session: Session, scan_id: str, task_id: str) -> None:
     """Before a retry: the scan waits again (same message id, so the retry may claim it)."""
-    with session_scope(db_url) as session:
-        session.execute(
-            update(Scan)
-            .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
-            .values(status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
-            .execution_options(synchronize_session=False)
-        )
+    session.execute(
+        update(Scan)
+        .where(Scan.id == scan_id, Scan.task_id == task_id, Scan.status == RUNNING)
+        .values(status=QUEUED, stage=None, fraction=None, enqueued_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
 
 
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""What PostgreSQL cannot store as text: NUL characters and lone surrogates."""
 
 
 def storable(value):
     """The document with NUL characters and lone surrogates replaced (a video title may hold them; PostgreSQL's
     JSON cannot)."""
     if isinstance(value, str):
-        return _UNSTORABLE.sub("\ufffd", value)
+        return UNSTORABLE.sub("\ufffd", value)
     if isinstance(value, dict):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, list):
@@ -272,7 +277,7 @@ def storable(value):
     return value
 
 
-def finish(db_url: str, scan_id: str, document: dict, reused_from: str | None = None) -> bool:
+def finish(session: Session, scan_id: str, document: dict, reused_from: str | None = None) -> bool:
     """Store the verdict document; True when this call made the scan final (False: it already was)."""
     document = storable(document)
     status = DONE if document.get("status") == "done" else FAILED
@@ -292,15 +297,14 @@ def finish(db_url: str, scan_id: str, document: dict, reused_from: str | None = 
     }
     if sha256:
         values["sha256"] = sha256
-    with session_scope(db_url) as session:
-        return bool(
-            session.execute(
-                update(Scan)
-                .where(Scan.id == scan_id, Scan.status.not_in(FINAL))
-                .values(**values)
-                .execution_options(synchronize_session=False)
-            ).rowcount
-        )
+    return bool(
+        session.execute(
+            update(Scan)
+            .where(Scan.id == scan_id, Scan.status.not_in(FINAL))
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        ).rowcount
+    )
 
 
 # --- recovery ----------------------------------------------------------------------------------------------------

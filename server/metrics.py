@@ -13,8 +13,8 @@ import logging
 import math
 import os
 import threading
-import time
 
+from cachetools import TLRUCache
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
 from sqlalchemy import func, select
@@ -57,7 +57,8 @@ def queue_keys(queue: str) -> list[str]:
 
 
 _cache_lock = threading.Lock()
-_cache: dict[tuple, tuple[float, list]] = {}
+_cache: TLRUCache[tuple, list] = TLRUCache(16, ttu=lambda key, _families, now: now + key[-1])
+"""(database, broker, queue, seconds to keep) → the families read then."""
 
 
 class SystemCollector:
@@ -69,14 +70,12 @@ class SystemCollector:
 
     def collect(self):
         s = self.settings
-        key = (s.database_url, s.broker_url, s.queue)
-        ttl = getattr(s, "metrics_cache_s", 0)
+        key = (s.database_url, s.broker_url, s.queue, getattr(s, "metrics_cache_s", 0))
         with _cache_lock:  # one scrape at a time reads the system; the others wait for its answer
-            hit = _cache.get(key)
-            if hit is None or time.monotonic() - hit[0] >= ttl:
-                hit = (time.monotonic(), [*self._scans(), *self._broker()])
-                _cache[key] = hit
-        yield from hit[1]
+            if (families := _cache.get(key)) is None:
+                families = [*self._scans(), *self._broker()]
+                _cache[key] = families
+        yield from families
 
     def _scans(self):
         from server.db import get_engine
@@ -99,9 +98,9 @@ class SystemCollector:
         yield gauge
 
     def _broker(self):
-        from server.health import redis_client
+        from server.health import is_redis, redis_client
 
-        if not self.settings.broker_url.startswith(("redis://", "rediss://")):
+        if not is_redis(self.settings.broker_url):
             return
         try:
             client = redis_client(self.settings.broker_url)

@@ -29,7 +29,6 @@ FORM_CSP = (
 )
 """The scan form's policy: its own script, and requests to this gateway only."""
 _BASE64 = re.compile(r"^[A-Za-z0-9+/]+={0,2}$")
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 @dataclass
@@ -112,7 +111,7 @@ def faces(document: dict) -> list[dict]:
 
 @bp.get("/scans/<scan_id>")
 def report(scan_id: str):
-    if not _ID.match(scan_id):
+    if not jobs.ID_PATTERN.match(scan_id):
         raise ApiError(404, "not_found", "there is no scan with this id")
     with read_scope(current_app.config["MESOSCAN"].database_url) as session:
         scan = session.get(Scan, scan_id)
@@ -120,7 +119,7 @@ def report(scan_id: str):
             raise ApiError(404, "not_found", "there is no scan with this id")
         # The page a video was found on is shown only through the report link made for that submission.
         token = request.args.get("s", "")
-        page = jobs.page_of(session, scan_id, None, token=token) if _ID.match(token) else None
+        page = jobs.page_of(session, scan_id, None, token=token) if jobs.ID_PATTERN.match(token) else None
     page_url = page.page_url if page is not None else None
     document = scan.result or {}
     verdict = document.get("verdict") or {}
@@ -187,22 +186,21 @@ def _identify(fields: dict[str, str]) -> tuple[int | None, str]:
     address; the submission is charged to the same rate limit as the API's."""
     from flask import g
 
-    from server.limits import _lookup, current_limit, rate_key
+    from server.auth import requester, use_key
+    from server.limits import current_limit
 
     if "form_identified" not in g:
         settings = current_app.config["MESOSCAN"]
         raw = (fields.get("api_key") or "").strip()
-        g.api_key_id, g.key_rate_limit = None, None
-        if raw:
-            g.api_key_id, g.key_rate_limit = _lookup(settings.database_url, raw)
-            if g.api_key_id is None:
-                raise ApiError(401, "unauthorized", "unknown or revoked API key")
-        elif not settings.open_mode:
+        known = use_key(settings.database_url, raw)
+        if raw and not known:
+            raise ApiError(401, "unauthorized", "unknown or revoked API key")
+        if not raw and not settings.open_mode:
             raise ApiError(401, "unauthorized", "enter your API key to scan")
         with current_app.extensions["mesoscan_limiter"].shared_limit(current_limit, scope="submit"):
             pass
         g.form_identified = True
-    return g.api_key_id, rate_key()
+    return g.api_key_id, requester()
 
 
 def _submit_form():

@@ -47,14 +47,15 @@ class Recovery:
         self._first_round = True
 
     def _redis(self):
-        from server.health import redis_client
+        """The broker's Redis; None for another broker."""
+        from server.health import is_redis, redis_client
 
-        return redis_client(self.settings.broker_url)
+        return redis_client(self.settings.broker_url) if is_redis(self.settings.broker_url) else None
 
     def sweep(self) -> int:
         """One round; returns how many scans were sent again."""
         s = self.settings
-        client = self._redis() if s.broker_url.startswith(("redis://", "rediss://")) else None
+        client = self._redis()
         broker_lost_before: dt.datetime | None = None
         if client is not None:
             if not client.set(LOCK_KEY, uuid.uuid4().hex, nx=True, px=int(s.recovery_interval_s * 900)):

@@ -20,6 +20,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from server import jobs
 from server.config import ServerSettings, get_settings
+from server.db import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,9 @@ _DOWNLOAD_STAGES = {"resolving", "downloading", "probing", "done"}
 
 
 def celery_config(settings: ServerSettings) -> dict:
-    redis = settings.broker_url.startswith(("redis://", "rediss://"))
+    from server.health import is_redis
+
+    redis = is_redis(settings.broker_url)
     return {
         "broker_url": settings.broker_url,
         "result_backend": None,
@@ -36,6 +39,7 @@ def celery_config(settings: ServerSettings) -> dict:
         "task_serializer": "json",
         "accept_content": ["json"],
         "task_default_queue": settings.queue,
+        # The scan task's delivery: acknowledged once it ends, redelivered when its worker dies.
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         "task_acks_on_failure_or_timeout": True,
@@ -185,7 +189,8 @@ class Progress:
 
     def _write(self, stage: str | None, fraction: float | None) -> None:
         try:
-            jobs.heartbeat(self.db_url, self.scan_id, self.task_id, stage, fraction)
+            with session_scope(self.db_url) as session:
+                jobs.heartbeat(session, self.scan_id, self.task_id, stage, fraction)
         except Exception as exc:  # progress is best effort; the result write is not
             log.warning("scan %s: progress not recorded: %s", self.scan_id, exc)
 
@@ -238,9 +243,10 @@ def _failed(url: str, code: str, message: str, file_name: str | None = None) -> 
 
 
 def _record_timings(s: ServerSettings, document: dict) -> None:
-    if not s.broker_url.startswith(("redis://", "rediss://")):
+    from server.health import is_redis, redis_client
+
+    if not is_redis(s.broker_url):
         return
-    from server.health import redis_client
     from server.metrics import record_stage_timings
 
     try:
@@ -249,13 +255,12 @@ def _record_timings(s: ServerSettings, document: dict) -> None:
         log.info("stage timings not recorded: %s", exc)
 
 
-@celery_app.task(
-    name=TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True, max_retries=None
-)
+@celery_app.task(name=TASK_NAME, bind=True, max_retries=None)  # delivery options: `celery_config`
 def scan_task(self, scan_id: str) -> str:
     s = settings()
     task_id = self.request.id
-    claim = jobs.claim(s.database_url, scan_id, task_id, self.request.hostname or "worker", s.stale_after_s)
+    with session_scope(s.database_url) as session:
+        claim = jobs.claim(session, scan_id, task_id, self.request.hostname or "worker", s.stale_after_s)
     if claim.outcome == "gone":
         return "skipped"
     if claim.outcome == "busy":  # a live delivery has it: look again once its heartbeat could have gone stale
@@ -264,16 +269,14 @@ def scan_task(self, scan_id: str) -> str:
 
     file_name = uploads.upload_name(s, scan_id) if claim.url.startswith("upload:") else None
     if claim.attempts > s.max_attempts:
-        jobs.finish(
-            s.database_url,
-            scan_id,
-            _failed(
-                claim.url,
-                "internal_error",
-                f"gave up after {s.max_attempts} attempts: the scan kept crashing or timing out its worker",
-                file_name,
-            ),
+        gave_up = _failed(
+            claim.url,
+            "internal_error",
+            f"gave up after {s.max_attempts} attempts: the scan kept crashing or timing out its worker",
+            file_name,
         )
+        with session_scope(s.database_url) as session:
+            jobs.finish(session, scan_id, gave_up)
         if file_name is not None:
             uploads.remove_stored(s, scan_id)
         return "failed"
@@ -284,7 +287,8 @@ def scan_task(self, scan_id: str) -> str:
         sha = source.get("sha256")
         if not sha:
             return None
-        earlier = jobs.find_by_content(s.database_url, scan_id, sha, claim.model, claim.version, s.cache_ttl_s)
+        with session_scope(s.database_url) as session:
+            earlier = jobs.find_by_content(session, scan_id, sha, claim.model, claim.version, s.cache_ttl_s)
         if earlier is None or earlier.result is None:
             return None
         reused.append(earlier.id)
@@ -307,13 +311,12 @@ def scan_task(self, scan_id: str) -> str:
     error = document.get("error") or {}
     if document.get("status") == "failed" and error.get("retryable") and claim.attempts < s.max_attempts:
         log.info("scan %s: %s (attempt %d of %d), retrying", scan_id, error.get("code"), claim.attempts, s.max_attempts)
-        jobs.back_to_queue(s.database_url, scan_id, task_id)
+        with session_scope(s.database_url) as session:
+            jobs.back_to_queue(session, scan_id, task_id)
         return _retry(self, s, scan_id, task_id, _backoff(s, claim.attempts))
-    if (
-        jobs.finish(s.database_url, scan_id, document, reused[0] if reused else None)
-        and not reused
-        and document.get("status") == "done"
-    ):
+    with session_scope(s.database_url) as session:
+        finished = jobs.finish(session, scan_id, document, reused[0] if reused else None)
+    if finished and not reused and document.get("status") == "done":
         _record_timings(s, document)
     if file_name is not None:  # the scan is final: its upload is not needed any more
         uploads.remove_stored(s, scan_id)

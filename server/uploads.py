@@ -29,6 +29,7 @@ from werkzeug.sansio.multipart import Data, Epilogue, Field, File, MultipartDeco
 from server.config import ServerSettings
 from server.db import session_scope
 from server.errors import ApiError
+from server.jobs import ID_PATTERN, storable
 from server.models import DONE, FINAL, QUEUED, Scan, utcnow
 
 log = logging.getLogger(__name__)
@@ -42,8 +43,7 @@ MAX_FIELD_BYTES = 4096
 MAX_FILE_NAME = 255
 ACCEPT = ".mp4,.m4v,.mov,.webm,.mkv,.avi,.ts,.mts,.flv,.wmv,.mpg,.mpeg,.ogv,.3gp,video/*"
 """The `accept` list of the web page's file input (the probe decides; this only guides the file chooser)."""
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROL = re.compile("[\x00-\x1f\x7f]")
 
 
 # --- storage -------------------------------------------------------------------------------------------------------
@@ -51,7 +51,7 @@ _UNSTORABLE = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
 
 def stored_path(settings: ServerSettings, scan_id: str) -> Path:
     """Where the upload of `scan_id` waits for its worker (the id is checked: never a path from outside)."""
-    if not _ID.match(scan_id):
+    if not ID_PATTERN.match(scan_id):
         raise ValueError(f"not a scan id: {scan_id!r}")
     return settings.upload_dir / scan_id
 
@@ -67,7 +67,7 @@ def remove_stored(settings: ServerSettings, scan_id: str) -> bool:
 def display_name(raw: str | None) -> str:
     """The file name as the client gave it, made storable: control characters replaced, at most 255 characters.
     It is only ever shown (escaped), never used as a path."""
-    name = _UNSTORABLE.sub("\ufffd", raw or "").strip()
+    name = storable(_CONTROL.sub("\ufffd", raw or "")).strip()
     return (name or "upload")[:MAX_FILE_NAME]
 
 
@@ -413,7 +413,7 @@ def sweep(settings: ServerSettings) -> int:
             if entry.name.startswith(PART_PREFIX):
                 if now - entry.stat(follow_symlinks=False).st_mtime > settings.upload_timeout_s:
                     removed += _unlink(directory / entry.name)
-            elif _ID.match(entry.name):
+            elif ID_PATTERN.match(entry.name):
                 stored.append(entry.name)
     for start in range(0, len(stored), 500):
         ids = stored[start : start + 500]
@@ -444,11 +444,11 @@ def create_upload_scan():
     from flask import current_app, g, jsonify, request
 
     from server.api import external_url, scan_json
-    from server.limits import rate_key
+    from server.auth import requester
     from server.metrics import SUBMISSIONS
 
     settings = current_app.config["MESOSCAN"]
-    upload, state = accept(request, settings, lambda _fields: (g.get("api_key_id"), rate_key()))
+    upload, state = accept(request, settings, lambda _fields: (g.get("api_key_id"), requester()))
     if upload.path is None:
         raise ApiError(
             400, "invalid_request", f"send the video as a `{FILE_PART}` part with a file name (or JSON with a `url`)"

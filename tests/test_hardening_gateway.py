@@ -88,13 +88,13 @@ def test_a_batch_is_charged_one_submission_per_url(make_app, pg_url, redis_queue
 
 
 def test_unknown_keys_are_throttled_per_address_before_any_lookup(make_app, pg_url, monkeypatch):
-    from server import limits
+    from server import auth
 
     c = make_app(auth_failure_limit="5/minute").test_client()
     address = an_address()
     lookups = []
-    real_find = limits.find_key
-    monkeypatch.setattr(limits, "find_key", lambda session, raw: lookups.append(raw) or real_find(session, raw))
+    real_find = auth.find_key
+    monkeypatch.setattr(auth, "find_key", lambda session, raw: lookups.append(raw) or real_find(session, raw))
     statuses = [
         c.get("/api/v1/scans/x", headers={"X-API-Key": f"msk_{i}"}, environ_base={"REMOTE_ADDR": address}).status_code
         for i in range(8)
@@ -112,17 +112,17 @@ def test_unknown_keys_are_throttled_per_address_before_any_lookup(make_app, pg_u
 
 
 def test_a_flood_of_unknown_keys_does_not_wipe_the_key_cache(make_app, pg_url, monkeypatch):
-    from server import limits
+    from server import auth
 
+    monkeypatch.setattr(auth, "key_cache", auth.KeyCache(unknown=50))
     c = make_app(auth_failure_limit="100000/minute").test_client()
     good = new_key(pg_url)
     assert c.get("/api/v1/scans/x", headers={"X-API-Key": good}).status_code == 404
-    monkeypatch.setattr(limits, "UNKNOWN_KEYS_CACHED", 50)
     for i in range(120):
         c.get("/api/v1/scans/x", headers={"X-API-Key": f"msk_flood_{i}"})
-    assert len(limits.key_cache) <= 51
+    assert len(auth.key_cache) <= 51
     looked_up = []
-    monkeypatch.setattr(limits, "find_key", lambda session, raw: looked_up.append(raw))
+    monkeypatch.setattr(auth, "find_key", lambda session, raw: looked_up.append(raw))
     assert c.get("/api/v1/scans/x", headers={"X-API-Key": good}).status_code == 404
     assert looked_up == [], "the known key was evicted by unknown ones"
 

@@ -117,7 +117,8 @@ def finished_scan(
     )
     document["verdict"]["label"] = label
     validate(document)
-    assert jobs.finish(pg_url, scan.id, document)
+    with session_scope(pg_url) as session:
+        assert jobs.finish(session, scan.id, document)
     return scan.id
 
 
@@ -457,24 +458,25 @@ def test_report_page_for_queued_failed_and_missing(client, app, pg_url):
         ).scan
     from scanner.verdict import failed_document
 
-    jobs.finish(
-        pg_url,
-        scan.id,
-        failed_document(
-            source={
-                "url": scan.url,
-                "title": None,
-                "duration_s": None,
-                "width": None,
-                "height": None,
-                "fps": None,
-                "sha256": None,
-            },
-            model=None,
-            code="not_a_video",
-            message="<b>not a video</b>",
-        ),
-    )
+    with session_scope(pg_url) as session:
+        jobs.finish(
+            session,
+            scan.id,
+            failed_document(
+                source={
+                    "url": scan.url,
+                    "title": None,
+                    "duration_s": None,
+                    "width": None,
+                    "height": None,
+                    "fps": None,
+                    "sha256": None,
+                },
+                model=None,
+                code="not_a_video",
+                message="<b>not a video</b>",
+            ),
+        )
     html = app.test_client().get(f"/scans/{scan.id}").get_data(as_text=True)
     assert "Scan failed" in html and "&lt;b&gt;not a video&lt;/b&gt;" in html and "not_a_video" in html
 

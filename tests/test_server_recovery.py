@@ -85,7 +85,8 @@ def row(database, scan_id) -> Scan:
 def test_a_broker_that_lost_its_data_gets_every_queued_scan_again(database, sweeper):
     queued = [new_scan(database, f"q{i}") for i in range(3)]
     done = new_scan(database, "done")
-    jobs.finish(database, done.id, {"status": "done", "verdict": {"label": "real"}})
+    with session_scope(database) as session:
+        jobs.finish(session, done.id, {"status": "done", "verdict": {"label": "real"}})
     recovery = sweeper()
     assert recovery.sweep() == 3
     assert {scan_id for scan_id, _ in sweeper.sent} == {s.id for s in queued}
@@ -151,22 +152,32 @@ def test_a_failed_publish_is_tried_again_next_round(database, redis_url):
 
 def test_claims_follow_the_owning_message(database):
     scan = new_scan(database, "claim")
-    assert jobs.claim(database, scan.id, "someone-else", "w@x", 10).outcome == "gone"
-    first = jobs.claim(database, scan.id, scan.task_id, "w@x", 10)
+
+    def claim(task_id: str, worker: str) -> jobs.Claim:
+        with session_scope(database) as session:
+            return jobs.claim(session, scan.id, task_id, worker, 10)
+
+    def finish(document: dict) -> bool:
+        with session_scope(database) as session:
+            return jobs.finish(session, scan.id, document)
+
+    assert claim("someone-else", "w@x").outcome == "gone"
+    first = claim(scan.task_id, "w@x")
     assert (first.outcome, first.attempts) == ("claimed", 1)
-    assert jobs.claim(database, scan.id, scan.task_id, "w2@x", 10).outcome == "busy"  # a live run has it
+    assert claim(scan.task_id, "w2@x").outcome == "busy"  # a live run has it
     with session_scope(database) as session:
         session.get(Scan, scan.id).heartbeat_at = utcnow() - dt.timedelta(seconds=60)
-    second = jobs.claim(database, scan.id, scan.task_id, "w2@x", 10)  # its worker died: taken over
+    second = claim(scan.task_id, "w2@x")  # its worker died: taken over
     assert (second.outcome, second.attempts) == ("claimed", 2)
-    assert jobs.finish(database, scan.id, {"status": "done", "verdict": {"label": "fake"}, "source": {}})
-    assert not jobs.finish(database, scan.id, {"status": "failed", "error": {"code": "x"}})  # final once
+    assert finish({"status": "done", "verdict": {"label": "fake"}, "source": {}})
+    assert not finish({"status": "failed", "error": {"code": "x"}})  # final once
     assert row(database, scan.id).status == "done" and row(database, scan.id).active_key is None
-    assert jobs.claim(database, scan.id, scan.task_id, "w3@x", 10).outcome == "gone"
+    assert claim(scan.task_id, "w3@x").outcome == "gone"
 
 
 def test_unstorable_text_is_replaced_before_storing(database):
     scan = new_scan(database, "nul")
     title = "bad\x00title\ud800"
-    assert jobs.finish(database, scan.id, {"status": "done", "source": {"title": title}, "verdict": {}})
+    with session_scope(database) as session:
+        assert jobs.finish(session, scan.id, {"status": "done", "source": {"title": title}, "verdict": {}})
     assert row(database, scan.id).result["source"]["title"] == "bad\ufffdtitle\ufffd"

@@ -376,13 +376,17 @@ def test_uploads_count_their_bytes_against_a_daily_budget_per_key(make_app, pg_u
 
     from server.db import session_scope
     from server.keys import create_key
+    from server.models import utcnow
 
     with session_scope(pg_url) as session:
-        first, second = create_key(session, "budget a").key, create_key(session, "budget b").key
+        a, b = create_key(session, "budget a"), create_key(session, "budget b")
+    first, second = a.key, b.key
     clip = (require_shared(VIDEOS_DIR) / "ffpp_004.mp4").read_bytes()  # 0.18 MB
     app = make_app(upload_daily_mb=0.5, upload_dir=tmp_path, cache_ttl_s=0, queue="mesoscan.budget-tests")
-    # Each make_app has a fresh database, so key ids repeat while the limiter's Redis keeps earlier tests' counts.
-    app.extensions["mesoscan_limiter"].storage.reset()
+    # An earlier database's keys had these ids too, and used up their budgets: a new key starts with its own.
+    storage = app.extensions["mesoscan_limiter"].storage
+    for key_id in (a.id, b.id):
+        storage.incr(f"mesoscan/upload-bytes/key:{key_id}/{utcnow().date().isoformat()}", 600, 10**9)
     client = app.test_client()
 
     def send(key: str, data: bytes = clip):

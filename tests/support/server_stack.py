@@ -461,8 +461,8 @@ def server_stack(_models_env, stack_redis, tmp_path_factory) -> Iterator[Stack]:
 def make_app(pg_url, stack_redis):
     """make_app(**settings) → an in-process Flask app on the stack's database and Redis (settings override)."""
     from server.app import create_app
+    from server.auth import forget_cached_keys
     from server.config import ServerSettings
-    from server.limits import forget_cached_keys
 
     def make(**overrides):
         forget_cached_keys()
