@@ -13,6 +13,8 @@ from pathlib import Path
 from serving.registry import ModelSpec
 
 MODELS_CONFIG = Path(__file__).with_name("models.config")
+BATCHING_CONFIG = MODELS_CONFIG.with_name("batching.config")
+"""TF Serving's batching parameters (`--batching_parameters_file`); docker compose copies it next to the models."""
 DEFAULT_BASE_PATH = "/models"
 STABLE_LABEL = "stable"
 """Every model's version label: `stable` → the registry spec's version."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -168,7 +170,7 @@ def test_tfserving_is_a_gpu_image_not_older_than_the_export_tensorflow():
     assert any("gpu" in d["capabilities"] and d["driver"] == "nvidia" for d in devices)
 
 
-def test_tfserving_reads_what_the_export_writes():
+def test_tfserving_reads_what_the_export_writes(tmp_path):
     f = flags("tfserving")
     assert f["enable_batching"] == "true"
     models_mount = next(v for v in SERVICES["tfserving"]["volumes"] if v.startswith("models:"))
@@ -183,17 +185,22 @@ def test_tfserving_reads_what_the_export_writes():
 
     script = (ROOT / "server/docker/export-models.sh").read_text()
     assert "mesoscan export --all" in script and "models.config" in script and "batching.config" in script
+    copy = next(line for line in script.splitlines() if line.startswith("python -c"))
+    target = tmp_path / "batching.config"
+    _, flag, code, _ = shlex.split(copy)  # python -c CODE "$out/batching.config"
+    subprocess.run([sys.executable, flag, code, str(target)], check=True, cwd=ROOT)
+    assert target.read_text() == (ROOT / "serving/batching.config").read_text()
     dockerfile = (ROOT / "server/Dockerfile").read_text()
     assert "export-models.sh /usr/local/bin/mesoscan-export-models" in dockerfile
     assert export["command"] == ["mesoscan-export-models"]
 
 
-def test_tfserving_healthcheck_asks_for_a_registered_model():
+def test_tfserving_healthcheck_asks_for_a_registered_model(settings):
     from serving.registry import list_models
 
     test = " ".join(SERVICES["tfserving"]["healthcheck"]["test"])
     model = re.search(r"/v1/models/(\w+)", test).group(1)
-    assert model in {spec.name for spec in list_models()}
+    assert model in {spec.name for spec in list_models(settings)}
     assert "/dev/tcp/127.0.0.1/" + flags("tfserving")["rest_api_port"] in test
 
 

@@ -8,9 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from serving.errors import TFServingConfigError
-from serving.tfserving_config import MODELS_CONFIG, render_models_config
+from serving.tfserving_config import BATCHING_CONFIG, MODELS_CONFIG, render_models_config
 from tests.support.tfserving_checks import (
-    BATCHING_CONFIG,
     batching_parameters_class,
     check_batching_config,
     parse_models_config,
@@ -39,12 +38,12 @@ def test_models_config_parses_with_tf_servings_message():
     assert config.WhichOneof("config") == "model_config_list"
 
 
-def test_models_config_serves_every_registered_model_at_its_version():
+def test_models_config_serves_every_registered_model_at_its_version(settings):
     from serving.registry import list_models
 
     config = parse_models_config(MODELS_CONFIG.read_text())
     entries = {entry.name: entry for entry in config.model_config_list.config}
-    specs = list_models()
+    specs = list_models(settings)
     assert sorted(entries) == sorted(spec.name for spec in specs)
     for spec in specs:
         entry = entries[spec.name]
@@ -54,16 +53,16 @@ def test_models_config_serves_every_registered_model_at_its_version():
         assert dict(entry.version_labels) == {"stable": spec.version}
 
 
-def test_models_config_is_what_the_registry_renders():
+def test_models_config_is_what_the_registry_renders(settings):
     """The committed file is exactly `mesoscan export --write-config`'s output: regenerate it, never hand-edit."""
     from serving.registry import list_models
 
-    assert MODELS_CONFIG.read_text() == render_models_config(list_models()), (
+    assert MODELS_CONFIG.read_text() == render_models_config(list_models(settings)), (
         "serving/models.config is out of date: run `mesoscan export --write-config serving/models.config`"
     )
 
 
-def test_write_config_command(tmp_path):
+def test_write_config_command(tmp_path, settings):
     from serving.cli import export
     from serving.registry import get_model
 
@@ -77,7 +76,7 @@ def test_write_config_command(tmp_path):
     assert result.exit_code == 2 and "--out" in result.output
     assert target.read_text() == MODELS_CONFIG.read_text()
 
-    config = parse_models_config(render_models_config([get_model("meso4_df")], "/srv/models/"))
+    config = parse_models_config(render_models_config([get_model("meso4_df", settings)], "/srv/models/"))
     assert [(c.name, c.base_path) for c in config.model_config_list.config] == [("meso4_df", "/srv/models/meso4_df")]
 
 

@@ -12,9 +12,6 @@ import itertools
 from functools import cache
 
 from serving.errors import TFServingConfigError
-from serving.tfserving_config import MODELS_CONFIG
-
-BATCHING_CONFIG = MODELS_CONFIG.with_name("batching.config")
 
 
 def parse_models_config(text: str):
