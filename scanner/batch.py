@@ -343,18 +343,17 @@ class Batch:
         if o.gateway:
             self.model_label = o.model or "the gateway's default"
             return {"mode": "gateway", "gateway": o.gateway.strip().rstrip("/"), "model": {"name": o.model}}
-        from pydantic import ValidationError
-
         from scanner.config import ScannerSettings
-        from serving.config import get_settings as serving_settings
+        from serving.config import ServingSettings, SettingsError, load
         from serving.errors import ServingError
         from serving.registry import get_model
 
         overrides = {k: v for k, v in {"frames": o.frames, "keyframes": o.keyframes}.items() if v is not None}
         try:
-            self.settings = ScannerSettings(**overrides)
-            spec = get_model(o.model or serving_settings().model)
-        except (ValidationError, ServingError) as exc:
+            self.settings = load(ScannerSettings, **overrides)
+            serving = load(ServingSettings)
+            spec = get_model(o.model or serving.model, serving)
+        except (SettingsError, ServingError) as exc:
             raise BatchUsageError(str(exc)) from None
         self.model_label = f"{spec.name} v{spec.version}"
         return {

@@ -172,11 +172,13 @@ def _send(out, message: dict[str, Any]) -> None:
 
 
 def _serve(out) -> None:
+    from scanner.config import ScannerSettings
     from scanner.errors import ScanError
     from scanner.pipeline import Scanner
     from scanner.verdict import failed_document
+    from serving.config import ServingSettings, load
 
-    scanner = Scanner()
+    scanner = Scanner(load(ScannerSettings), serving_settings=load(ServingSettings))  # the batch's environment
     try:
         with contextlib.suppress(ScanError):
             scanner.model_info()  # load the model now; a model that cannot load fails each item with its code

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from serving.cli import command_settings
+
 SPARKS = "▁▂▃▄▅▆▇█"
 URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
@@ -99,9 +101,14 @@ def scan(
     from scanner.config import ScannerSettings
     from scanner.pipeline import Scanner
     from scanner.verdict import failed_document
+    from serving.config import ServingSettings
 
     overrides = {k: v for k, v in {"frames": frames, "keyframes": keyframes}.items() if v is not None}
-    scanner = Scanner(ScannerSettings(**overrides), model=model_name)
+    scanner = Scanner(
+        command_settings(ScannerSettings, **overrides),
+        model=model_name,
+        serving_settings=command_settings(ServingSettings),
+    )
     progress = _ProgressBar()
     try:
         if URL_LIKE.match(target):
@@ -180,9 +187,14 @@ def extract_faces(
     from scanner.pipeline import Scanner
     from scanner.videoset import extract_faces as extract
     from scanner.videoset import read_videos
+    from serving.config import ServingSettings
 
     overrides = {k: v for k, v in {"frames": frames, "keyframes": keyframes}.items() if v is not None}
-    scanner = Scanner(ScannerSettings(**overrides), model=model_name)
+    scanner = Scanner(
+        command_settings(ScannerSettings, **overrides),
+        model=model_name,
+        serving_settings=command_settings(ServingSettings),
+    )
     total = len(read_videos(video_dir))
     with tqdm(total=total, unit="video", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
 
@@ -242,11 +254,12 @@ def evaluate(
         return
     from scanner.config import ScannerSettings
     from scanner.videoset import evaluate_videos, format_video_table
-    from serving.config import get_settings
+    from serving.config import ServingSettings
 
-    names = [n.strip() for n in (model_names or get_settings().model).split(",") if n.strip()]
-    settings = ScannerSettings(**({"frames": frames} if frames else {}))
-    metrics, rows = evaluate_videos(data_dir, names, settings, out_dir)
+    serving = command_settings(ServingSettings)
+    names = [n.strip() for n in (model_names or serving.model).split(",") if n.strip()]
+    settings = command_settings(ScannerSettings, **({"frames": frames} if frames else {}))
+    metrics, rows = evaluate_videos(data_dir, names, settings, out_dir, serving_settings=serving)
     click.echo(format_video_table(metrics, rows))
     if out_dir:
         click.echo(f"report: {out_dir}")

@@ -1,18 +1,24 @@
-"""Settings of the video pipeline, read from `MESOSCAN_*` environment variables."""
+"""Settings of the video pipeline, read from `MESOSCAN_*` environment variables (checked: `serving.config.load`)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.config import PREFIX, load
 
 
 class ScannerSettings(BaseSettings):
     """Every field reads `MESOSCAN_<FIELD>` (e.g. `MESOSCAN_MAX_DURATION_S=300`)."""
 
-    model_config = SettingsConfigDict(env_prefix="MESOSCAN_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", protected_namespaces=())
+    read_directly: ClassVar[Mapping[str, str]] = {
+        "MESOSCAN_API_KEY": "the API key `mesoscan batch --gateway` sends (scanner/batch.py)",
+    }
 
     # Fetching
     max_height: int = Field(default=720, ge=144, le=4320)
@@ -68,4 +74,6 @@ class ScannerSettings(BaseSettings):
 
 
 def get_settings() -> ScannerSettings:
-    return ScannerSettings()
+    """The pipeline's settings from the environment, checked. For code whose entry point does not hand it its
+    settings yet; an entry point calls `load` once and passes the result down."""
+    return load(ScannerSettings)

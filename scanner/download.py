@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from scanner.config import ScannerSettings, get_settings
+from scanner.config import ScannerSettings
 from scanner.errors import (
     CorruptVideoError,
     DownloadFailedError,
@@ -143,9 +143,8 @@ def _downloaded(path: Path, url: str | None, info: VideoInfo, meta: dict[str, An
 
 
 @contextlib.contextmanager
-def open_local_video(path: str | Path, settings: ScannerSettings | None = None) -> Iterator[DownloadedVideo]:
+def open_local_video(path: str | Path, settings: ScannerSettings) -> Iterator[DownloadedVideo]:
     """A local file for the CLI (`mesoscan scan ./clip.mp4`): probed in place, never copied nor deleted."""
-    settings = settings or get_settings()
     local = Path(path).expanduser()
     if not local.is_file():
         raise InvalidUrlError(f"{path}: no such file")
@@ -155,15 +154,12 @@ def open_local_video(path: str | Path, settings: ScannerSettings | None = None) 
 
 
 @contextlib.contextmanager
-def fetch_video(
-    url: str, settings: ScannerSettings | None = None, progress: Progress | None = None
-) -> Iterator[DownloadedVideo]:
+def fetch_video(url: str, settings: ScannerSettings, progress: Progress | None = None) -> Iterator[DownloadedVideo]:
     """Download the video behind an http(s) URL into a private temp dir, check and probe it; the dir goes on exit.
 
     Raises a ScanError: invalid_url, blocked_address, unsupported_url, download_failed, too_large, too_long,
     not_a_video, corrupt_video or timeout (`retryable` is True only for transient failures).
     """
-    settings = settings or get_settings()
     policy = AddressPolicy.from_settings(settings)
     policy.check_url(url)
     if settings.temp_dir is not None:

@@ -19,10 +19,11 @@ from typing import Any
 
 import numpy as np
 
-from scanner.config import ScannerSettings, get_settings
+from scanner.config import ScannerSettings
 from scanner.errors import ModelUnavailableError, ScanError
 from scanner.threads import limit_threads
 from scanner.verdict import ScoredFace, build_document, failed_document
+from serving.config import ServingSettings
 
 Progress = Callable[[str, float], None]
 """progress(stage, fraction): stage is `fetch`, `analyze` or `classify`; fraction in [0, 1]."""
@@ -45,9 +46,16 @@ class Scanner:
     """Scans videos with one model. Make one per process, after any fork (the model loads on first use)."""
 
     def __init__(
-        self, settings: ScannerSettings | None = None, model: str | None = None, predictor=None, serving_settings=None
+        self,
+        settings: ScannerSettings,
+        model: str | None = None,
+        predictor=None,
+        serving_settings: ServingSettings | None = None,
     ):
-        self.settings = settings or get_settings()
+        """`serving_settings` load `model` (default: theirs); a `predictor` given instead is used as it is."""
+        if predictor is None and serving_settings is None:
+            raise TypeError("Scanner needs the serving settings to load its model (or a predictor)")
+        self.settings = settings
         self._model = model
         self._serving_settings = serving_settings
         self._predictor = predictor

@@ -19,6 +19,7 @@ import numpy as np
 
 from scanner.config import ScannerSettings
 from scanner.errors import ScanError
+from serving.config import ServingSettings
 from serving.dataset import LabelledCrop
 from serving.errors import InvalidInputError
 
@@ -173,9 +174,11 @@ def extract_faces(
 def evaluate_videos(
     video_dir: Path,
     model_names: list[str],
-    settings: ScannerSettings | None = None,
+    settings: ScannerSettings,
     out_dir: Path | None = None,
     on_video: Callable[[VideoFaces], None] | None = None,
+    *,
+    serving_settings: ServingSettings,
 ) -> tuple[dict[str, dict], list[dict]]:
     """Each model's video-level metrics on a labelled video folder, through the full pipeline.
 
@@ -188,10 +191,12 @@ def evaluate_videos(
     from scanner.verdict import build_document
     from serving.evaluate import score_metrics, write_report
 
-    settings = settings or ScannerSettings()
     videos, rows = read_videos(video_dir), []
     with ExitStack() as stack:
-        scanners = {name: stack.enter_context(closing(Scanner(settings, model=name))) for name in model_names}
+        scanners = {
+            name: stack.enter_context(closing(Scanner(settings, model=name, serving_settings=serving_settings)))
+            for name in model_names
+        }
         margins = tuple(dict.fromkeys(m for sc in scanners.values() for m in sc.margins))
         first = next(iter(scanners.values()))
         for video in videos:

@@ -78,13 +78,13 @@ def _body(schema: type[BaseModel]) -> Any:
 
 
 def _policy():
-    """The video pipeline's URL policy, read from the environment once per app."""
+    """The video pipeline's URL policy, made from the app's pipeline settings once per app."""
     policy = current_app.extensions.get("mesoscan_url_policy")
     if policy is None:
-        from scanner.config import get_settings as scanner_settings
         from scanner.netguard import AddressPolicy
 
-        policy = current_app.extensions["mesoscan_url_policy"] = AddressPolicy.from_settings(scanner_settings())
+        scanner = current_app.config["MESOSCAN_SCANNER"]
+        policy = current_app.extensions["mesoscan_url_policy"] = AddressPolicy.from_settings(scanner)
     return policy
 
 
@@ -163,10 +163,9 @@ def _models() -> tuple[str, dict[str, int]]:
     with caches.lock:
         found = caches.models.get("registry")
     if found is None:
-        from serving.config import get_settings as serving_settings
         from serving.registry import list_models
 
-        settings = serving_settings()
+        settings = current_app.config["MESOSCAN_SERVING"]
         found = (settings.model, {spec.name: spec.version for spec in list_models(settings)})
         with caches.lock:
             caches.models["registry"] = found
@@ -226,8 +225,7 @@ def scan_json(
 
 def _publish(created: list[Scan]) -> None:
     """Send the new scans' tasks; when the broker is down, forget them and answer 503."""
-    from server.tasks import publish
-
+    publish = current_app.extensions["celery"].publish
     sent: set[str] = set()
     try:
         for scan in created:
@@ -426,10 +424,9 @@ ARCHITECTURES = {"meso4": "Meso-4", "mesoinception4": "MesoInception-4", "ensemb
 @bp.get("/models")
 def list_models():
     """The registered models (the extension's options page offers them), the default one marked."""
-    from serving.config import get_settings as serving_settings
     from serving.registry import list_models as registered
 
-    settings = serving_settings()
+    settings = current_app.config["MESOSCAN_SERVING"]
     return jsonify(
         models=[
             {
@@ -453,4 +450,5 @@ def openapi():
     from server.openapi import document
     from serving.registry import list_models
 
-    return jsonify(document(_settings().max_batch_urls, [spec.name for spec in list_models()]))
+    models = [spec.name for spec in list_models(current_app.config["MESOSCAN_SERVING"])]
+    return jsonify(document(_settings().max_batch_urls, models))

@@ -1,4 +1,4 @@
-"""The gateway's Flask app factory: settings, blueprints, errors, keys and limits, CORS, metrics."""
+"""The gateway's Flask app factory: settings, Celery, blueprints, errors, keys and limits, CORS, metrics."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from flask import Flask, Response, g, request
 from flask_cors import CORS
 
-from server.config import ServerSettings, get_settings
+from server.config import ServerSettings, Settings
 
 
 def _loopback_host_only() -> None:
@@ -40,46 +40,51 @@ def _check_metrics_token(settings: ServerSettings) -> None:
         )
 
 
-def create_app(settings: ServerSettings | None = None) -> Flask:
+def create_app(settings: Settings | None = None) -> Flask:
+    """The gateway, made with `settings` (tests pass their own), or else with the environment's, read now: an
+    unknown or bad `MESOSCAN_*` variable raises `serving.config.SettingsError`, one line naming it."""
     from server import api, errors, health, pages
     from server.limits import init_limits
     from server.metrics import LATENCY, REQUESTS, render
-    from server.tasks import configure
+    from server.tasks import ScanApp
 
-    settings = settings or get_settings()
+    root = settings if settings is not None else Settings.from_environment()
+    gateway = root.server
     app = Flask(__name__)
     app.config.update(
-        MESOSCAN=settings,
-        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        MESOSCAN=gateway,
+        MESOSCAN_SCANNER=root.scanner,
+        MESOSCAN_SERVING=root.serving,
+        MAX_CONTENT_LENGTH=gateway.max_body_bytes,
     )
+    app.extensions["celery"] = ScanApp(root)  # scans are published through it
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.json.compact = True  # type: ignore[attr-defined]
-    if settings.proxy_hops:
+    if gateway.proxy_hops:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(
             app.wsgi_app,
-            x_for=settings.proxy_hops,
-            x_proto=settings.proxy_hops,  # type: ignore[method-assign]
-            x_host=settings.proxy_hops,
+            x_for=gateway.proxy_hops,
+            x_proto=gateway.proxy_hops,  # type: ignore[method-assign]
+            x_host=gateway.proxy_hops,
         )
-    configure(settings)
     errors.register(app)
 
     @app.before_request
     def _start_timer() -> None:
         g.started = time.perf_counter()
 
-    if settings.open_mode:
+    if gateway.open_mode:
         app.before_request(_loopback_host_only)  # before authentication and limits
     init_limits(app, api.bp)
-    if settings.allowed_origins:
+    if gateway.allowed_origins:
         # No credentials: the extension's requests carry no cookies (its key travels in X-API-Key).
         CORS(
             app,
             resources={
-                r"/api/v1/*": {"origins": settings.allowed_origins},
-                r"/healthz": {"origins": settings.allowed_origins},
+                r"/api/v1/*": {"origins": gateway.allowed_origins},
+                r"/healthz": {"origins": gateway.allowed_origins},
             },
             supports_credentials=False,
             allow_headers=["Content-Type", "X-API-Key"],
@@ -93,8 +98,8 @@ def create_app(settings: ServerSettings | None = None) -> Flask:
 
     @app.get("/metrics")
     def metrics() -> Response:
-        _check_metrics_token(settings)
-        return Response(render(settings), mimetype="text/plain; version=0.0.4")
+        _check_metrics_token(gateway)
+        return Response(render(gateway), mimetype="text/plain; version=0.0.4")
 
     @app.after_request
     def _count(response: Response) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import json
 import os
 import shutil
@@ -11,14 +12,23 @@ import tempfile
 import click
 from gunicorn.app.base import BaseApplication
 
-from server.config import ServerSettings, get_settings
+from server.config import ServerSettings, Settings
+from serving.cli import BadSettings, command_settings
 
 
-def _settings() -> ServerSettings:
+def _settings() -> Settings:
+    """All a gateway or worker reads, built once here and passed down; an unknown or bad `MESOSCAN_*` variable
+    ends the command with one line (status 2)."""
+    from serving.config import SettingsError
+
     try:
-        return get_settings()
-    except Exception as exc:  # pydantic's ValidationError names the bad variable
-        raise click.ClickException(f"bad MESOSCAN_* configuration: {exc}") from None
+        return Settings.from_environment()
+    except SettingsError as exc:
+        raise BadSettings(str(exc)) from None
+
+
+def _server_settings() -> ServerSettings:
+    return command_settings(ServerSettings)
 
 
 def _migrate(settings: ServerSettings) -> None:
@@ -33,8 +43,8 @@ def _migrate(settings: ServerSettings) -> None:
 class _Gunicorn(BaseApplication):
     """gunicorn run from Python, loading the app factory in each worker process (after the fork)."""
 
-    def __init__(self, options: dict):
-        self.options = options
+    def __init__(self, options: dict, settings: Settings):
+        self.options, self.settings = options, settings
         super().__init__()
 
     def load_config(self) -> None:
@@ -44,7 +54,7 @@ class _Gunicorn(BaseApplication):
     def load(self):
         from server.app import create_app
 
-        return create_app()
+        return create_app(self.settings)
 
 
 def _child_exit(_server, worker) -> None:
@@ -70,11 +80,13 @@ def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool
     """Run the REST gateway (gunicorn), or everything in one process with --dev."""
     from server.dev import dev_settings, is_loopback
 
-    settings = _settings()
+    root = _settings()
+    settings = root.server
     if (dev or settings.open_mode) and not is_loopback(host):
         raise click.ClickException("open mode (no API keys) only listens on loopback: use --host 127.0.0.1")
     if dev:
         settings = dev_settings(settings)
+        root = dataclasses.replace(root, server=settings)
     _migrate(settings)
     if dev:
         from werkzeug.serving import run_simple
@@ -82,8 +94,8 @@ def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool
         from server.app import create_app
         from server.dev import start_worker
 
-        app = create_app(settings)
-        start_worker(settings)
+        app = create_app(root)
+        start_worker(app.extensions["celery"])
         click.echo(
             f"MesoScan development server on http://{host}:{port} (open mode, in-process worker, "
             f"database {settings.database_url})",
@@ -111,7 +123,8 @@ def serve(host: str, port: int, workers: int | None, access_log: bool, dev: bool
             "child_exit": _child_exit,
             "proc_name": "mesoscan-gateway",
             "forwarded_allow_ips": "*" if settings.proxy_hops else "127.0.0.1",
-        }
+        },
+        root,
     ).run()
 
 
@@ -136,11 +149,13 @@ def worker(
     concurrency: int | None, hostname: str | None, loglevel: str, pool: str, max_tasks_per_child: int | None
 ) -> None:
     """Run a scan worker (Celery): takes scans from the queue, one per process at a time."""
-    from server.tasks import configure
+    from server.tasks import ScanApp
 
-    settings = _settings()
+    root = _settings()
+    settings = root.server
     _migrate(settings)
-    app = configure(settings)
+    app = ScanApp(root)
+    app.set_default()  # the pool's threads (solo, threads) run tasks in the process's default app
     argv = [
         "worker",
         f"--loglevel={loglevel}",
@@ -171,7 +186,7 @@ def keys_create(name: str, rate_limit: str | None) -> None:
     from server.db import session_scope
     from server.keys import ApiKeyError, create_key
 
-    settings = _settings()
+    settings = _server_settings()
     _migrate(settings)
     try:
         with session_scope(settings.database_url) as session:
@@ -190,7 +205,7 @@ def keys_list(include_revoked: bool, as_json: bool) -> None:
     from server.db import session_scope
     from server.keys import list_keys
 
-    settings = _settings()
+    settings = _server_settings()
     _migrate(settings)
     with session_scope(settings.database_url) as session:
         rows = [
@@ -225,7 +240,7 @@ def keys_revoke(key_id: int) -> None:
     from server.db import session_scope
     from server.keys import ApiKeyError, revoke_key
 
-    settings = _settings()
+    settings = _server_settings()
     _migrate(settings)
     try:
         with session_scope(settings.database_url) as session:
@@ -247,7 +262,7 @@ def db_upgrade(revision: str) -> None:
     """Migrate the database to REVISION (the gateway and the workers also do this on start)."""
     from server.db import upgrade
 
-    settings = _settings()
+    settings = _server_settings()
     upgrade(settings.database_url, revision)
     click.echo(f"database at {revision}", err=True)
 
@@ -257,7 +272,7 @@ def db_current() -> None:
     """Print the database's schema revision and the newest one."""
     from server.db import current_revision, head_revision
 
-    settings = _settings()
+    settings = _server_settings()
     click.echo(f"current: {current_revision(settings.database_url)}  head: {head_revision()}")
 
 

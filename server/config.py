@@ -1,12 +1,17 @@
-"""Settings of the gateway and the workers, read from `MESOSCAN_*` environment variables."""
+"""Settings of the gateway and the workers, read from `MESOSCAN_*` environment variables; and `Settings`, all that
+a gateway or worker process reads, built once at its entry point."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from scanner.config import ScannerSettings
+from serving.config import PREFIX, ServingSettings, check_environment, load
 
 
 def default_database_url() -> str:
@@ -24,7 +29,7 @@ class ServerSettings(BaseSettings):
     side (`ServingSettings`: `MESOSCAN_MODEL_BACKEND`, `MESOSCAN_TFSERVING_URL`, ...) read the same environment.
     """
 
-    model_config = SettingsConfigDict(env_prefix="MESOSCAN_", extra="ignore", protected_namespaces=())
+    model_config = SettingsConfigDict(env_prefix=PREFIX, extra="ignore", protected_namespaces=())
 
     # Services
     broker_url: str = "redis://127.0.0.1:6379/0"
@@ -139,5 +144,28 @@ class ServerSettings(BaseSettings):
         return [o for o in [*extension, *self.cors_origins] if o]
 
 
-def get_settings() -> ServerSettings:
-    return ServerSettings()
+@dataclass(frozen=True)
+class Settings:
+    """What a gateway or worker process reads from `MESOSCAN_*`: its own settings, the video pipeline's and the
+    model side's. Built once where the process starts (`mesoscan serve` and `worker`, `create_app()`,
+    `server.worker_app`) and passed down: the app, the Celery app and the scanners all hold the same one."""
+
+    server: ServerSettings
+    scanner: ScannerSettings
+    serving: ServingSettings
+
+    @classmethod
+    def from_environment(
+        cls,
+        server: ServerSettings | None = None,
+        scanner: ScannerSettings | None = None,
+        serving: ServingSettings | None = None,
+    ) -> Settings:
+        """The sections not given, read from the environment. Raises `serving.config.SettingsError` (one line) for
+        an unknown `MESOSCAN_*` name or a bad value."""
+        check_environment()
+        return cls(
+            server=server if server is not None else load(ServerSettings),
+            scanner=scanner if scanner is not None else load(ScannerSettings),
+            serving=serving if serving is not None else load(ServingSettings),
+        )

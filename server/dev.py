@@ -9,8 +9,12 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+from typing import TYPE_CHECKING
 
 from server.config import ServerSettings
+
+if TYPE_CHECKING:
+    from server.tasks import ScanApp
 
 log = logging.getLogger(__name__)
 
@@ -44,23 +48,16 @@ def dev_settings(base: ServerSettings) -> ServerSettings:
     )
 
 
-def start_worker(settings: ServerSettings) -> threading.Thread:
-    """A Celery worker consuming the in-memory queue in a daemon thread; the model loads in the background."""
-    from server.tasks import configure, get_scanner
-    from serving.config import get_settings as serving_settings
-
-    app = configure(settings)
-    app.conf.update(
-        worker_hijack_root_logger=False,
-        worker_redirect_stdouts=False,  # the process is Flask's too
-        broker_transport_options={"polling_interval": 0.1},
-    )  # kombu's 1 s would delay every scan
+def start_worker(app: ScanApp) -> threading.Thread:
+    """A Celery worker consuming the gateway's in-memory queue (`app`: the gateway's Celery app) in a daemon thread;
+    the model loads in the background."""
+    app.set_default()  # the worker thread runs tasks in the process's default app
     worker = app.WorkController(
         app=app,
         pool="solo",
         concurrency=1,
         hostname="dev@localhost",
-        queues=[settings.queue],
+        queues=[app.settings.server.queue],
         without_heartbeat=True,
         without_mingle=True,
         without_gossip=True,
@@ -71,7 +68,7 @@ def start_worker(settings: ServerSettings) -> threading.Thread:
 
     def warm() -> None:
         try:
-            get_scanner(serving_settings().model).model_info()
+            app.scanner(app.settings.serving.model).model_info()
         except Exception as exc:
             log.warning("the model could not be loaded yet: %s", exc)
 

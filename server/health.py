@@ -57,12 +57,9 @@ def check_database(url: str) -> dict:
     return {"ok": True, "detail": f"reachable, schema {revision}"}
 
 
-def check_model_backend() -> dict:
-    """The configured backend can score with the default model: TF Serving answers for it, or (embedded) the
-    workers can load it. Cached for a few seconds: readiness probes come often."""
-    from serving.config import get_settings as serving_settings
-
-    settings = serving_settings()
+def check_model_backend(settings) -> dict:
+    """The backend of `settings` (the model side's) can score with the default model: TF Serving answers for it,
+    or (embedded) the workers can load it. Cached for a few seconds: readiness probes come often."""
     key = f"{settings.model_backend}|{settings.tfserving_url}|{settings.model}"
     with _model_check_lock:
         if (result := _model_check.get(key)) is None:
@@ -105,24 +102,21 @@ _ready_lock = threading.Lock()
 _ready: TTLCache[tuple, dict] = TTLCache(16, MODEL_CHECK_TTL_S)
 
 
-def _checks(settings) -> dict:
+def _checks(settings, serving) -> dict:
     """The three checks, kept for MODEL_CHECK_TTL_S per process: probes may come often, and from anyone."""
-    from serving.config import get_settings as serving_settings
-
-    serving = serving_settings()
     key = (settings.broker_url, settings.database_url, serving.model_backend, serving.tfserving_url, serving.model)
     with _ready_lock:
         if (checks := _ready.get(key)) is None:
             checks = _ready[key] = {
                 "broker": check_broker(settings.broker_url),
                 "database": check_database(settings.database_url),
-                "model_backend": check_model_backend(),
+                "model_backend": check_model_backend(serving),
             }
         return checks
 
 
 @bp.get("/readyz")
 def readyz():
-    checks = _checks(current_app.config["MESOSCAN"])
+    checks = _checks(current_app.config["MESOSCAN"], current_app.config["MESOSCAN_SERVING"])
     ready = all(c["ok"] for c in checks.values())
     return jsonify(status="ready" if ready else "unavailable", checks=checks), 200 if ready else 503

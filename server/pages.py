@@ -150,13 +150,12 @@ def report(scan_id: str):
 
 
 def _form_context() -> dict:
-    from scanner.config import get_settings as scanner_settings
     from server.api import _models
     from server.uploads import ACCEPT
 
     settings = current_app.config["MESOSCAN"]
     default, models = _models()
-    minutes, seconds = divmod(int(scanner_settings().max_duration_s), 60)
+    minutes, seconds = divmod(int(current_app.config["MESOSCAN_SCANNER"].max_duration_s), 60)
     return {
         "models": [{"name": name, "default": name == default} for name in models],
         "keys_required": not settings.open_mode,

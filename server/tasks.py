@@ -5,8 +5,10 @@ to run twice: a finished scan is never redone, and a message that no longer owns
 document marks `retryable` are retried with exponential backoff; the attempt counter (deliveries that started,
 crashes included) ends a scan as `failed` once `max_attempts` is used up, so a video that kills workers cannot loop.
 
-The model is loaded and TF Serving channels are opened after the fork (`worker_process_init`), never at import:
-a TensorFlow model used before fork hangs the child.
+`ScanApp` is the Celery app of one gateway or worker, made from that process's `Settings` and configured when it is
+made (Celery's app factory; the scan task is a `shared_task`, so every app has it). The model is loaded and TF
+Serving channels are opened after the fork (`worker_process_init`), never at import: a TensorFlow model used before
+fork hangs the child.
 """
 
 from __future__ import annotations
@@ -14,13 +16,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from celery import Celery, signals
+from celery import Celery, current_app, shared_task, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from server import jobs
-from server.config import ServerSettings, get_settings
+from server.config import ServerSettings, Settings
 from server.db import session_scope
+
+if TYPE_CHECKING:
+    from scanner.pipeline import Scanner
+    from server.recovery import Recovery
 
 log = logging.getLogger(__name__)
 
@@ -63,68 +70,79 @@ def celery_config(settings: ServerSettings) -> dict:
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         "worker_cancel_long_running_tasks_on_connection_loss": False,
         "worker_send_task_events": False,
+        **(
+            {  # `serve --dev`: the worker is a thread of the gateway's process
+                "worker_hijack_root_logger": False,
+                "worker_redirect_stdouts": False,
+                "broker_transport_options": {"polling_interval": 0.1},  # kombu's 1 s would delay every scan
+            }
+            if settings.broker_url.startswith("memory://")
+            else {}
+        ),
     }
 
 
-celery_app = Celery("mesoscan")
-_settings: ServerSettings | None = None
+class ScanApp(Celery):
+    """The Celery app of one gateway or worker process, configured from its settings when it is made.
+
+    The gateway publishes scans through it; a worker runs them, each pool process with its own scanners (made on
+    first use, after the fork) and, in the worker's main process, the recovery sweep."""
+
+    def __init__(self, settings: Settings):
+        super().__init__("mesoscan")
+        self.conf.update(celery_config(settings.server))
+        self.settings = settings
+        self.recovery: Recovery | None = None
+        self._scanners: dict[str, Scanner] = {}
+        self._scanners_lock = threading.Lock()
+
+    def publish(self, scan_id: str, task_id: str) -> None:
+        """Send one scan's task; raises kombu's OperationalError when the broker is unreachable."""
+        # No time limits in the message: each worker applies its own settings' (the task's would be this process's).
+        self.tasks[TASK_NAME].apply_async(
+            args=[scan_id], task_id=task_id, queue=self.settings.server.queue, time_limit=None, soft_time_limit=None
+        )
+
+    def scanner(self, model: str) -> Scanner:
+        """This process's Scanner for `model`, made on first use (after the fork)."""
+        from scanner.pipeline import Scanner
+
+        with self._scanners_lock:
+            if model not in self._scanners:
+                self._scanners[model] = Scanner(
+                    self.settings.scanner, model=model, serving_settings=self.settings.serving
+                )
+            return self._scanners[model]
+
+    def close_scanners(self) -> None:
+        with self._scanners_lock:
+            scanners, self._scanners = list(self._scanners.values()), {}
+        for scanner in scanners:
+            try:
+                scanner.close()
+            except Exception as exc:
+                log.debug("closing a scanner: %s", exc)
 
 
-def configure(settings: ServerSettings | None = None) -> Celery:
-    """Point the Celery app at `settings` (default: the environment); the gateway and the workers call this."""
-    global _settings
-    previous = _settings
-    _settings = settings or get_settings()
-    celery_app.conf.update(celery_config(_settings))
-    if previous is not None and previous.broker_url != _settings.broker_url:
-        # Connection pools are made on first use with the broker of that time: drop them.
-        celery_app._pool = None
-        celery_app.amqp._producer_pool = None
-    return celery_app
-
-
-def settings() -> ServerSettings:
-    if _settings is None:
-        configure()
-    assert _settings is not None
-    return _settings
-
-
-def publish(scan_id: str, task_id: str) -> None:
-    """Send one scan's task; raises kombu's OperationalError when the broker is unreachable."""
-    # No time limits in the message: each worker applies its own settings' (a message would otherwise carry the
-    # limits the sending process bound when it first configured Celery, whatever its settings are now).
-    scan_task.apply_async(
-        args=[scan_id], task_id=task_id, queue=settings().queue, time_limit=None, soft_time_limit=None
-    )
-
-
-# --- the scanners of this process ----------------------------------------------------------------------------------
-
-_scanners: dict[str, object] = {}
-_scanners_lock = threading.Lock()
-
-
-def get_scanner(model: str):
-    """This process's Scanner for `model`, made on first use (after the fork)."""
-    from scanner.pipeline import Scanner
-
-    with _scanners_lock:
-        if model not in _scanners:
-            _scanners[model] = Scanner(model=model)
-        return _scanners[model]
+def _scan_app(sender=None) -> ScanApp | None:
+    """The app a worker signal is about: the sender's (consumer, worker), else the process's current one (a pool
+    process: Celery makes the worker's app current there before `worker_process_init`)."""
+    app = getattr(sender, "app", None) or current_app._get_current_object()
+    return app if isinstance(app, ScanApp) else None
 
 
 @signals.worker_process_init.connect
 def _after_fork(**_kwargs) -> None:
     """In each new pool process: fresh database pools, then load the default model (or open its channel)."""
     from server.db import forget_parent_engines
-    from serving.config import get_settings as serving_settings
 
     forget_parent_engines()
-    model = serving_settings().model
+    app = _scan_app()
+    if app is None:
+        return
+    model = app.settings.serving.model
     try:
-        info = get_scanner(model).model_info()
+        info = app.scanner(model).model_info()
         log.info("worker process ready: %s v%s via %s", info["name"], info["version"], info["backend"])
     except Exception as exc:  # scans report model_unavailable (and retry) until the backend is up
         log.warning("worker process could not load model %s now: %s", model, exc)
@@ -132,28 +150,25 @@ def _after_fork(**_kwargs) -> None:
 
 @signals.worker_process_shutdown.connect
 def _before_exit(**_kwargs) -> None:
-    for scanner in list(_scanners.values()):
-        try:
-            scanner.close()  # type: ignore[attr-defined]
-        except Exception as exc:
-            log.debug("closing a scanner: %s", exc)
-
-
-_recovery = None
+    app = _scan_app()
+    if app is not None:
+        app.close_scanners()
 
 
 @signals.worker_ready.connect
-def _start_recovery(**_kwargs) -> None:
-    global _recovery
+def _start_recovery(sender=None, **_kwargs) -> None:
     from server.recovery import Recovery
 
-    _recovery = Recovery(settings(), publish).start()
+    app = _scan_app(sender)
+    if app is not None:
+        app.recovery = Recovery(app.settings.server, app.publish).start()
 
 
 @signals.worker_shutdown.connect
-def _stop_recovery(**_kwargs) -> None:
-    if _recovery is not None:
-        _recovery.stop()
+def _stop_recovery(sender=None, **_kwargs) -> None:
+    app = _scan_app(sender)
+    if app is not None and app.recovery is not None:
+        app.recovery.stop()
 
 
 # --- the task ------------------------------------------------------------------------------------------------------
@@ -218,15 +233,15 @@ def _retry(task, s: ServerSettings, scan_id: str, task_id: str, countdown: float
     pool runs tasks in the consumer's own thread), so there a timer thread publishes it when the backoff ends."""
     if not s.broker_url.startswith("memory://"):
         raise task.retry(countdown=countdown)
-    timer = threading.Timer(countdown, _publish_quietly, (scan_id, task_id))
+    timer = threading.Timer(countdown, _publish_quietly, (task.app, scan_id, task_id))
     timer.daemon = True
     timer.start()
     return "retrying"
 
 
-def _publish_quietly(scan_id: str, task_id: str) -> None:
+def _publish_quietly(app: ScanApp, scan_id: str, task_id: str) -> None:
     try:
-        publish(scan_id, task_id)
+        app.publish(scan_id, task_id)
     except Exception as exc:  # the recovery sweep sends it again later
         log.warning("scan %s: retry not sent: %s", scan_id, exc)
 
@@ -255,9 +270,10 @@ def _record_timings(s: ServerSettings, document: dict) -> None:
         log.info("stage timings not recorded: %s", exc)
 
 
-@celery_app.task(name=TASK_NAME, bind=True, max_retries=None)  # delivery options: `celery_config`
+@shared_task(name=TASK_NAME, bind=True, max_retries=None)  # delivery options: `celery_config`
 def scan_task(self, scan_id: str) -> str:
-    s = settings()
+    app: ScanApp = self.app
+    s = app.settings.server
     task_id = self.request.id
     with session_scope(s.database_url) as session:
         claim = jobs.claim(session, scan_id, task_id, self.request.hostname or "worker", s.stale_after_s)
@@ -297,9 +313,9 @@ def scan_task(self, scan_id: str) -> str:
     with Progress(s.database_url, scan_id, task_id, s.heartbeat_s) as progress:
         try:
             if file_name is not None:  # an upload: its bytes were matched against earlier verdicts at the gateway
-                document = uploads.scan_stored(get_scanner(claim.model), s, scan_id, file_name, progress)
+                document = uploads.scan_stored(app.scanner(claim.model), s, scan_id, file_name, progress)
             else:
-                document = get_scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
+                document = app.scanner(claim.model).scan_url(claim.url, progress=progress, reuse=reuse)
         except SoftTimeLimitExceeded:
             document = _failed(
                 claim.url, "timeout", f"the scan took longer than {s.task_soft_time_limit_s:g} s", file_name

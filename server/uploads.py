@@ -381,12 +381,13 @@ def _recent_verdict(session, settings: ServerSettings, sha256: str, model: str, 
 
 
 def _probe(settings: ServerSettings, path: Path) -> None:
-    from scanner.config import get_settings as scanner_settings
+    from flask import current_app
+
     from scanner.errors import ScanError
     from scanner.probe import probe_video
 
     try:
-        probe_video(path, scanner_settings().max_duration_s)
+        probe_video(path, current_app.config["MESOSCAN_SCANNER"].max_duration_s)
     except ScanError as exc:
         # The probe names the file it opened (a random .part name): say "the file" instead.
         message = exc.message.replace(path.name, "the file")

@@ -1,5 +1,15 @@
-"""The configured Celery app, for Celery's own command line: `celery -A server.worker_app inspect ping`."""
+"""The Celery app of a worker, built from the environment, for Celery's own command line:
+`celery -A server.worker_app inspect ping`. An unknown or bad `MESOSCAN_*` variable ends the command with one line
+naming it (status 2), as `mesoscan worker` does."""
 
-from server.tasks import configure
+import sys
 
-app = configure()
+from server.config import Settings
+from server.tasks import ScanApp
+from serving.config import SettingsError
+
+try:
+    app = ScanApp(Settings.from_environment())
+except SettingsError as exc:
+    print(f"Error: {exc}", file=sys.stderr)
+    raise SystemExit(2) from None

@@ -3,6 +3,10 @@
 Subcommands are registered under the `mesoscan.commands` entry-point group (see pyproject.toml) and
 imported only when run, so `mesoscan --help` stays fast and `serving` never imports `scanner` or `server`.
 This module also holds the model side's own subcommands: `models`, `export`, `predict`, `evaluate`.
+
+Settings: a command builds the settings it needs once, with `command_settings`, and passes them down. Every
+`MESOSCAN_*` variable is checked first, against the names of all packages: an unknown one or a bad value ends the
+command with one line naming it, status 2.
 """
 
 from __future__ import annotations
@@ -11,10 +15,33 @@ import json
 import sys
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import click
 
 from serving.errors import ServingError
+
+if TYPE_CHECKING:
+    from pydantic_settings import BaseSettings
+
+S = TypeVar("S", bound="BaseSettings")
+
+
+class BadSettings(click.ClickException):
+    """An unknown `MESOSCAN_*` variable or a bad value: one line, exit status 2 (as for a bad option)."""
+
+    exit_code = 2
+
+
+def command_settings(cls: type[S], **values) -> S:
+    """Settings `cls` for the running command, from the environment (`values`, e.g. from options, win); an unknown
+    or bad `MESOSCAN_*` variable raises BadSettings."""
+    from serving.config import SettingsError, load
+
+    try:
+        return load(cls, **values)
+    except SettingsError as exc:
+        raise BadSettings(str(exc)) from None
 
 
 class EntryPointGroup(click.Group):
@@ -37,6 +64,12 @@ class EntryPointGroup(click.Group):
 @click.version_option(package_name="mesoscan")
 def cli() -> None:
     """MesoScan: find deepfaked faces in videos with MesoNet."""
+    from serving.config import SettingsError, check_environment
+
+    try:  # before any subcommand runs (also the ones whose settings are read later, e.g. in a worker process)
+        check_environment()
+    except SettingsError as exc:
+        raise BadSettings(str(exc)) from None
 
 
 def main() -> None:
@@ -54,6 +87,13 @@ def main() -> None:
     except ServingError as exc:
         click.echo(f"error [{exc.code}]: {exc}", err=True)
         sys.exit(1)
+    except ValueError as exc:
+        from serving.config import SettingsError
+
+        if not isinstance(exc, SettingsError):  # settings read below a command, not by `command_settings`
+            raise
+        BadSettings(str(exc)).show()
+        sys.exit(BadSettings.exit_code)
 
 
 # --- models -----------------------------------------------------------------------------------------------
@@ -68,10 +108,10 @@ def models() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def models_list(as_json: bool) -> None:
     """Every registered model, installed or not, with its provenance and licence."""
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.registry import is_installed, list_models
 
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     rows = [
         {
             "name": spec.name,
@@ -103,10 +143,10 @@ def models_list(as_json: bool) -> None:
 @click.argument("names", nargs=-1)
 def models_fetch(names: tuple[str, ...]) -> None:
     """Download the authors' weight files (all, or NAMES), verifying their pinned sha256."""
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.registry import ensure_weights, get_model, list_models
 
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     specs = [get_model(name, settings) for name in names] if names else list_models(settings)
     for spec in specs:
         path = ensure_weights(spec, settings)
@@ -147,7 +187,7 @@ def export(
 
     Export NAMES (or --all) to --out; and/or write TF Serving's models config with --write-config.
     """
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.registry import get_model, list_models
 
     if names and all_models:
@@ -156,7 +196,7 @@ def export(
         raise click.UsageError("name the models to export (or --all), or give --write-config FILE")
     if (names or all_models) and out_dir is None:
         raise click.UsageError("--out DIR is required to export models")
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     specs = [get_model(name, settings) for name in names] if names else list_models(settings)
     if names or all_models:
         from serving.export import export_model
@@ -184,11 +224,11 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
     """Score face crop images (any size; centre-cropped and resized to 256×256) with the configured backend."""
     import numpy as np
 
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.images import load_face
     from serving.predictor import get_predictor
 
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     faces = np.stack([load_face(path) for path in images])
     with get_predictor(model_name, settings) as predictor:
         scores = predictor.predict(faces)
@@ -249,10 +289,10 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
 )
 def evaluate(data_dir: Path, split: str | None, model_names: str | None, tta: bool, out_dir: Path | None) -> None:
     """Crop-level ROC AUC, equal error rate, accuracy and confusion counts of one or more models, side by side."""
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.evaluate import evaluate_crops, format_table
 
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     names = [n.strip() for n in (model_names or settings.model).split(",") if n.strip()]
     metrics = evaluate_crops(data_dir, names, split=split, settings=settings, tta=tta, out_dir=out_dir)
     click.echo(format_table(metrics))
@@ -424,9 +464,9 @@ def train(
     """
     import shlex
 
-    from serving.config import get_settings
+    from serving.config import ServingSettings
 
-    settings = get_settings()
+    settings = command_settings(ServingSettings)
     invocation = shlex.join(sys.argv)
     measure_crop = click.get_current_context().meta.get(MEASURE_CROP)
     if members:
@@ -529,14 +569,14 @@ def calibrate(name: str, data_dir: Path, rows: tuple[int, int] | None, out_dir: 
     its training crops' geometry; registers the next version of NAME."""
     import shlex
 
-    from serving.config import get_settings
+    from serving.config import ServingSettings
     from serving.train import recalibrate
 
     result = recalibrate(
         name,
         data_dir,
         out_dir,
-        get_settings(),
+        command_settings(ServingSettings),
         rows=rows,
         measure_crop=click.get_current_context().meta.get(MEASURE_CROP),
         progress=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.config import ServingSettings, get_settings
+from serving.config import ServingSettings
 from serving.dataset import IMAGE_SUFFIXES, LabelledCrop, decode_crops, labels_of, read_crops
 from serving.errors import InvalidInputError
 from serving.metrics import equal_error_rate, score_metrics
@@ -37,9 +37,9 @@ CACHE_FROM = 500
 """Sets of at least this many crops are decoded into the on-disk cache (smaller ones stay in memory)."""
 
 
-def load_crops(crops: list[LabelledCrop], settings: ServingSettings | None = None) -> np.ndarray:
+def load_crops(crops: list[LabelledCrop], settings: ServingSettings) -> np.ndarray:
     """[N, 256, 256, 3] uint8 faces of `crops`, from the decode cache for large sets."""
-    cache = (settings or get_settings()).models_dir / "cache" if len(crops) >= CACHE_FROM else None
+    cache = settings.models_dir / "cache" if len(crops) >= CACHE_FROM else None
     return decode_crops(crops, cache)
 
 
@@ -90,12 +90,12 @@ def evaluate_crops(
     data_dir: Path,
     model_names: list[str],
     split: str | None = None,
-    settings: ServingSettings | None = None,
+    *,
+    settings: ServingSettings,
     tta: bool = False,
     out_dir: Path | None = None,
 ) -> dict[str, dict]:
     """{model name: metrics} for every model on the same crops (decoded once); files into `out_dir` if given."""
-    settings = settings or get_settings()
     if not model_names:
         raise InvalidInputError("name at least one model to evaluate")
     crops = select_crops(Path(data_dir), split, model_names, settings)

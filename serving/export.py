@@ -17,7 +17,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from serving.config import ServingSettings, get_settings
+from serving.config import ServingSettings
 from serving.contract import DEFAULT_SIGNATURE, IMAGE_SIZE, IMAGES_INPUT, JPEG_INPUT, JPEG_SIGNATURE, OUTPUT
 from serving.registry import get_model, load_keras_model
 
@@ -65,13 +65,12 @@ def build_archive(model):
     return archive
 
 
-def export_model(name: str, out_dir: str | Path, settings: ServingSettings | None = None) -> Path:
+def export_model(name: str, out_dir: str | Path, settings: ServingSettings) -> Path:
     """Export registered model `name` to `out_dir/<name>/<version>/`, replacing that version if present.
 
     The SavedModel is written into a hidden temporary directory beside the version directory (TF Serving
     only watches numeric names) and renamed into place, so a model server never sees half a model.
     """
-    settings = settings or get_settings()
     spec = get_model(name, settings)
     model = load_keras_model(spec, settings)
     model_dir = Path(out_dir) / spec.name

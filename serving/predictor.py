@@ -6,19 +6,18 @@ Importing it is cheap: a backend (and TensorFlow, for the embedded one) is impor
 from __future__ import annotations
 
 from serving.backends.base import Predictor
-from serving.config import ServingSettings, get_settings
+from serving.config import ServingSettings
 from serving.registry import get_model
 
 __all__ = ["Predictor", "get_predictor"]
 
 
-def get_predictor(model: str | None = None, settings: ServingSettings | None = None) -> Predictor:
+def get_predictor(model: str | None, settings: ServingSettings) -> Predictor:
     """The predictor for `model` (default: `settings.model`) on the configured backend.
 
     Call it after a fork (e.g. in Celery's `worker_process_init`), never at import time: a TensorFlow
     model or a gRPC channel made before fork hangs the child.
     """
-    settings = settings or get_settings()
     spec = get_model(model or settings.model, settings)
     if settings.model_backend == "embedded":
         from serving.backends.embedded import EmbeddedPredictor as Backend

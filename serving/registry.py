@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from serving.config import ServingSettings, get_settings
+from serving.config import ServingSettings
 from serving.errors import ModelFetchError, UnknownModelError, WeightsMismatchError
 
 if TYPE_CHECKING:
@@ -203,9 +203,8 @@ def _trained_dirs(settings: ServingSettings) -> list[Path]:
     return [PACKAGED_WEIGHTS, settings.models_dir / "trained"]
 
 
-def list_models(settings: ServingSettings | None = None) -> list[ModelSpec]:
+def list_models(settings: ServingSettings) -> list[ModelSpec]:
     """Every registered model: the authors' files first, then trained ones (packaged before the user's)."""
-    settings = settings or get_settings()
     specs = {spec.name: spec for spec in BUILTIN}
     for directory in _trained_dirs(settings):
         for meta in sorted(directory.glob("*.json")) if directory.is_dir() else []:
@@ -214,7 +213,7 @@ def list_models(settings: ServingSettings | None = None) -> list[ModelSpec]:
     return list(specs.values())
 
 
-def get_model(name: str, settings: ServingSettings | None = None) -> ModelSpec:
+def get_model(name: str, settings: ServingSettings) -> ModelSpec:
     for spec in list_models(settings):
         if spec.name == name:
             return spec
@@ -222,8 +221,7 @@ def get_model(name: str, settings: ServingSettings | None = None) -> ModelSpec:
     raise UnknownModelError(f"unknown model {name!r}; registered models: {known} (see `mesoscan models list`)")
 
 
-def is_installed(spec: ModelSpec, settings: ServingSettings | None = None) -> bool:
-    settings = settings or get_settings()
+def is_installed(spec: ModelSpec, settings: ServingSettings) -> bool:
     if spec.is_ensemble:
         try:
             return all(is_installed(member, settings) for member in ensemble_members(spec, settings))
@@ -232,9 +230,8 @@ def is_installed(spec: ModelSpec, settings: ServingSettings | None = None) -> bo
     return spec.weights.local_path(settings).is_file()
 
 
-def ensemble_members(spec: ModelSpec, settings: ServingSettings | None = None) -> list[ModelSpec]:
+def ensemble_members(spec: ModelSpec, settings: ServingSettings) -> list[ModelSpec]:
     """The member specs of ensemble `spec`, each checked against the weights pinned when the ensemble was made."""
-    settings = settings or get_settings()
     members = []
     for name, pinned in zip(spec.members, spec.member_sha256, strict=True):
         try:
@@ -255,11 +252,10 @@ def ensemble_members(spec: ModelSpec, settings: ServingSettings | None = None) -
     return members
 
 
-def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> Path:
+def ensure_weights(spec: ModelSpec, settings: ServingSettings) -> Path:
     """The local weight file of `spec`, fetched (and verified) first when it is not installed."""
     from serving.fetch import fetch_weights
 
-    settings = settings or get_settings()
     path = spec.weights.local_path(settings)
     if spec.is_ensemble:
         for member in ensemble_members(spec, settings):
@@ -272,7 +268,7 @@ def ensure_weights(spec: ModelSpec, settings: ServingSettings | None = None) -> 
     return path if path.is_file() else fetch_weights(spec.weights, settings)
 
 
-def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
+def load_keras_model(spec: ModelSpec, settings: ServingSettings):
     """Build `spec`'s architecture and fill it with its weights (fetching them when needed).
 
     An ensemble becomes one model: its members side by side on the same input, their outputs averaged
@@ -282,7 +278,7 @@ def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
     from serving.keras2_weights import load_keras2_weights
 
     if spec.is_ensemble:
-        return _calibrated(_ensemble_model(spec, settings or get_settings()), spec)
+        return _calibrated(_ensemble_model(spec, settings), spec)
     path = ensure_weights(spec, settings)
     model = mesonet.build(spec.arch, spec.output)
     if spec.weights_format == "keras2_h5":
@@ -292,7 +288,7 @@ def load_keras_model(spec: ModelSpec, settings: ServingSettings | None = None):
     return _calibrated(model, spec)
 
 
-def load_raw_model(spec: ModelSpec, settings: ServingSettings | None = None):
+def load_raw_model(spec: ModelSpec, settings: ServingSettings):
     """`spec`'s network without its calibration (for fitting a new one)."""
     from dataclasses import replace
 

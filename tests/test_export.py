@@ -33,9 +33,11 @@ def model_base(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def keras_model():
+    from serving.config import ServingSettings
     from serving.registry import get_model, load_keras_model
 
-    return load_keras_model(get_model("meso4_df"))
+    settings = ServingSettings()
+    return load_keras_model(get_model("meso4_df", settings), settings)
 
 
 @pytest.fixture(scope="module")
@@ -151,24 +153,24 @@ def _encode(image: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def test_export_replaces_an_existing_version(model_base, tmp_path):
+def test_export_replaces_an_existing_version(model_base, tmp_path, settings):
     from serving.export import export_model
 
     base = tmp_path / "base"
-    first = export_model("meso4_df", base)
+    first = export_model("meso4_df", base, settings)
     (first / "stale-marker").write_text("from the previous export")
-    second = export_model("meso4_df", base)
+    second = export_model("meso4_df", base, settings)
     assert second == first == base / "meso4_df" / "1"
     assert not (second / "stale-marker").exists()
     assert (second / "saved_model.pb").is_file()
     assert sorted(p.name for p in (base / "meso4_df").iterdir()) == ["1"]
 
 
-def test_failed_export_keeps_the_previous_version(tmp_path, monkeypatch):
+def test_failed_export_keeps_the_previous_version(tmp_path, monkeypatch, settings):
     import serving.export
 
     base = tmp_path / "base"
-    previous = serving.export.export_model("meso4_df", base)
+    previous = serving.export.export_model("meso4_df", base, settings)
     (previous / "marker").write_text("previous")
 
     class Failing:
@@ -178,17 +180,17 @@ def test_failed_export_keeps_the_previous_version(tmp_path, monkeypatch):
 
     monkeypatch.setattr(serving.export, "build_archive", lambda model: Failing())
     with pytest.raises(OSError, match="disk full"):
-        serving.export.export_model("meso4_df", base)
+        serving.export.export_model("meso4_df", base, settings)
     assert (previous / "marker").read_text() == "previous"
     assert sorted(p.name for p in (base / "meso4_df").iterdir()) == ["1"], "the staging directory is removed"
 
 
-def test_export_of_an_unknown_model_fails_cleanly(tmp_path):
+def test_export_of_an_unknown_model_fails_cleanly(tmp_path, settings):
     from serving.errors import UnknownModelError
     from serving.export import export_model
 
     with pytest.raises(UnknownModelError, match="no_such_model"):
-        export_model("no_such_model", tmp_path / "base")
+        export_model("no_such_model", tmp_path / "base", settings)
     assert not (tmp_path / "base").exists()
 
 

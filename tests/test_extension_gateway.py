@@ -31,7 +31,7 @@ def preflight(client, origin: str, path: str = "/api/v1/scans"):
     )
 
 
-def test_models_lists_the_registry_with_the_default_marked(make_app, key):
+def test_models_lists_the_registry_with_the_default_marked(make_app, key, settings):
     import jsonschema
 
     from server.openapi import document
@@ -40,7 +40,7 @@ def test_models_lists_the_registry_with_the_default_marked(make_app, key):
     r = make_app().test_client().get("/api/v1/models", headers={"X-API-Key": key})
     assert r.status_code == 200
     body = r.get_json()
-    specs = {spec.name: spec for spec in list_models()}
+    specs = {spec.name: spec for spec in list_models(settings)}
     assert [m["name"] for m in body["models"]] == list(specs)
     assert body["default"] == DEFAULT_MODEL
     assert [m["name"] for m in body["models"] if m["default"]] == [DEFAULT_MODEL]

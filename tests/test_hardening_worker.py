@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from server.app import create_app
-from server.config import ServerSettings
+from server.config import ServerSettings, Settings
 from tests.support.media_server import MediaServer
 from tests.support.server_stack import METRICS_TOKEN, refusing_port, wait_for
 
@@ -51,13 +51,15 @@ def test_the_soft_time_limit_ends_a_scan_as_timeout(server_stack, monkeypatch):
     monkeypatch.setenv("MESOSCAN_NETWORK_ALLOWLIST", json.dumps([server_stack.media.netloc]))  # the door's policy
     try:
         app = create_app(
-            ServerSettings(
-                database_url=server_stack.database_url,
-                broker_url=server_stack.redis.url,
-                queue=queue,
-                public_url=server_stack.base_url,
-                metrics_token=METRICS_TOKEN,
-                rate_limit="1000/minute",
+            Settings.from_environment(
+                server=ServerSettings(
+                    database_url=server_stack.database_url,
+                    broker_url=server_stack.redis.url,
+                    queue=queue,
+                    public_url=server_stack.base_url,
+                    metrics_token=METRICS_TOKEN,
+                    rate_limit="1000/minute",
+                )
             )
         )
         client = app.test_client()

@@ -24,7 +24,7 @@ def sample_faces():
 @pytest.mark.parametrize("name", ["meso4_df", "mesoinception4_df"])
 def test_df_weights_call_the_sample_deepfakes_fake_and_the_real_faces_real(name, sample_faces):
     df, real = sample_faces
-    with get_predictor(name) as predictor:
+    with get_predictor(name, ServingSettings()) as predictor:
         fake_scores, real_scores = predictor.predict(df), predictor.predict(real)
     assert predictor.spec.output == "p_real"  # the authors' sigmoid; MesoScan flips it
     assert (fake_scores > 0.5).all(), fake_scores
@@ -42,7 +42,7 @@ def test_network_takes_uint8_and_scales_inside():
 
 
 def test_predictor_refuses_anything_but_uint8_faces():
-    with get_predictor("meso4_df") as predictor:
+    with get_predictor("meso4_df", ServingSettings()) as predictor:
         faces = np.zeros((2, 256, 256, 3), np.uint8)
         with pytest.raises(InvalidInputError, match="uint8"):
             predictor.predict(faces.astype(np.float32) * 255)
@@ -70,14 +70,14 @@ def test_any_number_of_faces_is_split_into_batches(sample_faces, monkeypatch):
 
 
 def test_embedded_backend_never_uses_model_predict(monkeypatch):
-    with get_predictor("meso4_df") as predictor:
+    with get_predictor("meso4_df", ServingSettings()) as predictor:
         monkeypatch.setattr(predictor.model, "predict", lambda *a, **k: pytest.fail("model.predict was called"))
         assert predictor.predict(np.zeros((3, 256, 256, 3), np.uint8)).shape == (3,)
 
 
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(UnknownModelError, match=r"unknown model 'meso5'.*meso4_df.*mesoinception4_f2f"):
-        get_predictor("meso5")
+        get_predictor("meso5", ServingSettings())
 
 
 def test_resize_is_antialiased():

@@ -53,9 +53,9 @@ def test_the_band_rule_picks_the_smallest_band_that_reaches_the_target():
     assert 1 - weak["validation"]["uncertain"]["share"] >= calibration.MIN_DECIDED
 
 
-def test_the_shipped_models_carry_calibration_band_and_crop_geometry():
+def test_the_shipped_models_carry_calibration_band_and_crop_geometry(settings):
     for name in ("meso4_dfdc", "mesoinception4_dfdc", "mesonet_dfdc"):
-        spec = get_model(name)
+        spec = get_model(name, settings)
         meta = json.loads((PACKAGED_WEIGHTS / f"{name}.json").read_text())
         assert spec.calibration["method"] == "platt" and spec.calibration["a"] > 0
         assert spec.uncertain_band == meta["band"]["band"] and 0 <= spec.uncertain_band <= calibration.MAX_BAND
@@ -63,7 +63,7 @@ def test_the_shipped_models_carry_calibration_band_and_crop_geometry():
         card = (PACKAGED_WEIGHTS / f"{name}.md").read_text()
         for section in ("## Crop geometry", "## Calibration", "## Uncertain band"):
             assert section in card
-    authors = get_model("meso4_df")
+    authors = get_model("meso4_df", settings)
     assert authors.crop_margin == AUTHORS_CROP_MARGIN and "pipeline.py" in authors.crop_note
     assert authors.calibration is None and authors.uncertain_band is None
 
@@ -92,12 +92,12 @@ def tight_crops():
     return [c.path for c in crops[::1500]][:20]
 
 
-def test_a_scan_cuts_a_face_like_the_training_crop_it_came_from(tight_crops):
+def test_a_scan_cuts_a_face_like_the_training_crop_it_came_from(tight_crops, settings):
     """A shared training crop padded into a frame: the scan's crop of the face with the model's margin has the
     training crop's size (the old fixed 1.3 margin cut a third more around it)."""
-    scanner = Scanner(ScannerSettings())
+    scanner = Scanner(ScannerSettings(), serving_settings=settings)
     margin = scanner.margins[0]
-    assert margin == get_model(DEFAULT_MODEL).crop_margin
+    assert margin == get_model(DEFAULT_MODEL, settings).crop_margin
     ratios, old = [], []
     for path in tight_crops:
         image = np.asarray(Image.open(path).convert("RGB"))
@@ -128,13 +128,13 @@ def test_measuring_a_training_set_gives_its_crop_margin(tight_crops):
     assert crop_ratio(loose, detector) > 1.25 * crop_ratio(image, detector)
 
 
-def test_settings_override_the_models_geometry_and_band():
-    scanner = Scanner(ScannerSettings())
+def test_settings_override_the_models_geometry_and_band(settings):
+    scanner = Scanner(ScannerSettings(), serving_settings=settings)
     spec = scanner.predictor.spec
     assert scanner.band() == spec.uncertain_band != DEFAULT_UNCERTAIN_BAND
-    overridden = Scanner(ScannerSettings(crop_margin=1.3, uncertain_band=0.05))
+    overridden = Scanner(ScannerSettings(crop_margin=1.3, uncertain_band=0.05), serving_settings=settings)
     assert overridden.margins == (1.3,) and overridden.band() == 0.05
-    assert Scanner(ScannerSettings(), model="meso4_df").band() == DEFAULT_UNCERTAIN_BAND
+    assert Scanner(ScannerSettings(), model="meso4_df", serving_settings=settings).band() == DEFAULT_UNCERTAIN_BAND
 
 
 def test_an_ensemble_of_members_with_different_margins_crops_once_per_margin(tmp_path):

@@ -57,8 +57,8 @@ def test_fetch_from_a_mirror_directory(tmp_path):
 
 def test_fetch_from_a_url_mirror(tmp_path, models_http):
     settings = ServingSettings(models_dir=tmp_path, models_mirror=models_http)
-    path = fetch_file("mesonet", "Meso4_F2F.h5", get_model("meso4_f2f").weights.sha256, None, settings)
-    assert sha256_of(path) == get_model("meso4_f2f").weights.sha256
+    path = fetch_file("mesonet", "Meso4_F2F.h5", get_model("meso4_f2f", settings).weights.sha256, None, settings)
+    assert sha256_of(path) == get_model("meso4_f2f", settings).weights.sha256
 
 
 def test_upstream_is_tried_after_the_mirror(tmp_path, models_http):
@@ -121,7 +121,7 @@ def test_the_default_model_ships_with_mesoscan_and_scores_offline(tmp_path):
 
 def test_unknown_model():
     with pytest.raises(UnknownModelError, match="unknown model 'nope'"):
-        get_model("nope")
+        get_model("nope", ServingSettings())
 
 
 def test_a_trained_model_is_registered_from_its_json(tmp_path):

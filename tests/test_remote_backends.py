@@ -44,10 +44,10 @@ def model_base(tmp_path_factory) -> Path:
     from serving.registry import get_model
     from serving.tfserving_config import render_models_config
 
-    base = tmp_path_factory.mktemp("model_base")
+    base, settings = tmp_path_factory.mktemp("model_base"), ServingSettings()
     for name in MODELS:
-        export_model(name, base)
-    (base / "models.config").write_text(render_models_config([get_model(name) for name in MODELS]))
+        export_model(name, base, settings)
+    (base / "models.config").write_text(render_models_config([get_model(name, settings) for name in MODELS]))
     return base
 
 
@@ -192,12 +192,13 @@ def test_bad_faces_are_refused_before_sending(server, faces, backend):
 def test_a_model_the_server_does_not_serve(server, faces, backend):
     from serving.registry import get_model
 
-    with remote(backend, server, spec=get_model("meso4_f2f")) as predictor:  # registered, not served here
+    registered = ServingSettings()
+    with remote(backend, server, spec=get_model("meso4_f2f", registered)) as predictor:  # registered, not served here
         with pytest.raises(ModelNotServedError, match=r"meso4_f2f.*Servable not found for request: Specific"):
             predictor.predict(faces[:2])
         with pytest.raises(ModelNotServedError, match="meso4_f2f"):
             predictor.check()
-    with remote(backend, server, spec=dataclasses.replace(get_model("meso4_df"), version=7)) as predictor:
+    with remote(backend, server, spec=dataclasses.replace(get_model("meso4_df", registered), version=7)) as predictor:
         with pytest.raises(ModelNotServedError, match=r"Specific\(meso4_df, 7\)"):
             predictor.predict(faces[:2])
         with pytest.raises(ModelNotServedError, match="Could not find version 7 of model meso4_df"):
@@ -552,7 +553,7 @@ def test_grpc_reads_both_tensor_encodings_and_refuses_a_wrong_answer():
     from serving.backends.grpc import GrpcPredictor
     from serving.registry import get_model
 
-    predictor = GrpcPredictor(get_model("meso4_df"), ServingSettings(tfserving_url="127.0.0.1:1"))
+    predictor = GrpcPredictor(get_model("meso4_df", ServingSettings()), ServingSettings(tfserving_url="127.0.0.1:1"))
     scores = np.array([0.25, 0.5, 0.75], np.float32)
     as_field, as_content = predict_pb2.PredictResponse(), predict_pb2.PredictResponse()
     for response in (as_field, as_content):

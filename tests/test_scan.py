@@ -16,6 +16,7 @@ import pytest
 from scanner.config import ScannerSettings
 from scanner.pipeline import Scanner
 from scanner.verdict import validate
+from serving.config import ServingSettings
 from serving.predictor import get_predictor
 from tests.conftest import VIDEOS_DIR, require_shared
 
@@ -24,7 +25,7 @@ CLIP = "ffpp_634.mp4"
 
 @pytest.fixture(scope="module")
 def predictor():
-    with get_predictor("meso4_df") as p:
+    with get_predictor("meso4_df", ServingSettings()) as p:
         yield p
 
 
@@ -264,8 +265,11 @@ def test_compute_threads_caps_tensorflow_and_opencv(tmp_path):
     """MESOSCAN_COMPUTE_THREADS=1 (the worker setting): one thread each for TensorFlow's pools and OpenCV."""
     code = (
         "import cv2, tensorflow as tf\n"
+        "from scanner.config import ScannerSettings\n"
         "from scanner.pipeline import Scanner\n"
-        f"doc = Scanner().scan_file({str(require_shared(VIDEOS_DIR / CLIP))!r})\n"
+        "from serving.config import ServingSettings\n"
+        "scanner = Scanner(ScannerSettings(), serving_settings=ServingSettings())\n"
+        f"doc = scanner.scan_file({str(require_shared(VIDEOS_DIR / CLIP))!r})\n"
         "assert doc['status'] == 'done', doc['error']\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
         " tf.config.threading.get_inter_op_parallelism_threads(), cv2.getNumThreads())\n"

@@ -17,10 +17,11 @@ from server import jobs
 from server.db import session_scope
 from server.keys import create_key, hash_key, revoke_key
 from server.models import ApiKey, Batch, Scan
+from serving.config import ServingSettings
 from serving.registry import get_model
 from tests.conftest import DEFAULT_MODEL
 
-DEFAULT_VERSION = get_model(DEFAULT_MODEL).version
+DEFAULT_VERSION = get_model(DEFAULT_MODEL, ServingSettings()).version
 
 
 def free_port() -> int:

@@ -58,8 +58,8 @@ def test_real_and_fake_folders_and_what_a_folder_holds(tmp_path):
         read_videos(tmp_path / "nothing")
 
 
-def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp_path):
-    scanner = Scanner(ScannerSettings(frames=4))
+def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp_path, settings):
+    scanner = Scanner(ScannerSettings(frames=4), serving_settings=settings)
     labels = extract_faces(small_videos, tmp_path / "set", scanner)
     crops = read_crops(tmp_path / "set")
     assert len(crops) >= 4 * len(PAIRS) - 1
@@ -83,9 +83,13 @@ def test_extract_faces_builds_a_training_set_of_the_scan_crops(small_videos, tmp
     assert geometry["crop_margin"] == scanner.predictor.spec.crop_margin == scanner.margins[0]
 
 
-def test_video_level_evaluation_scores_each_video_once_per_model(small_videos, tmp_path):
+def test_video_level_evaluation_scores_each_video_once_per_model(small_videos, tmp_path, settings):
     metrics, rows = evaluate_videos(
-        small_videos, ["meso4_df", "mesoinception4_df"], ScannerSettings(frames=4), tmp_path / "report"
+        small_videos,
+        ["meso4_df", "mesoinception4_df"],
+        ScannerSettings(frames=4),
+        tmp_path / "report",
+        serving_settings=settings,
     )
     assert [r["video"] for r in rows] == PAIRS
     for name in ("meso4_df", "mesoinception4_df"):

@@ -66,7 +66,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-backends-") as tmp:
         base = Path(tmp) / "models"
         for name in MODELS:
-            export_model(name, base)
+            export_model(name, base, ServingSettings())
         with start_server(base, Path(tmp) / "tfserving.log") as server:
             urls = {"embedded": "", "tfserving-grpc": server.grpc_target, "tfserving-rest": server.rest_url}
             for name in MODELS:

@@ -25,6 +25,7 @@ from pathlib import Path
 from scanner.batch import Options, run_batch
 from scanner.config import ScannerSettings
 from scanner.pipeline import Scanner
+from serving.config import ServingSettings
 from tests.conftest import VIDEOS_DIR
 from tests.support.media_server import MediaServer
 
@@ -53,7 +54,7 @@ def main() -> None:
                 "TF_CPP_MIN_LOG_LEVEL": "2",
             }
         )
-        scanner = Scanner(ScannerSettings(frames=args.frames))
+        scanner = Scanner(ScannerSettings(frames=args.frames), serving_settings=ServingSettings())
         scanner.scan_url(urls[0])  # warm up: model, detector, compiled functions
         for repeat in range(args.repeats):
             run: dict = {"single_s": []}

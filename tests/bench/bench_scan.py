@@ -22,6 +22,7 @@ from pathlib import Path
 from scanner.config import ScannerSettings
 from scanner.pipeline import Scanner
 from scanner.video import index_packets, sample_frames
+from serving.config import ServingSettings
 from tests.conftest import VIDEOS_DIR
 from tests.support.media_server import MediaServer
 
@@ -58,7 +59,7 @@ def main() -> None:
             network_allowlist=[server.netloc],
             compute_threads=args.compute_threads,
         )
-        scanner = Scanner(settings)
+        scanner = Scanner(settings, serving_settings=ServingSettings())
         keyframe_scanner = Scanner(settings.model_copy(update={"keyframes": True}), predictor=scanner.predictor)
         scanner.scan_file(clips[0])  # warm up: model, detector, compiled functions
         for clip in clips:

@@ -462,7 +462,7 @@ def make_app(pg_url, stack_redis):
     """make_app(**settings) → an in-process Flask app on the stack's database and Redis (settings override)."""
     from server.app import create_app
     from server.auth import forget_cached_keys
-    from server.config import ServerSettings
+    from server.config import ServerSettings, Settings
 
     def make(**overrides):
         forget_cached_keys()
@@ -475,7 +475,7 @@ def make_app(pg_url, stack_redis):
             "auth_failure_limit": "100000/minute",
             "metrics_token": METRICS_TOKEN,
         } | overrides
-        app = create_app(ServerSettings(**values))
+        app = create_app(Settings.from_environment(server=ServerSettings(**values)))
         app.config["TESTING"] = True
         return app
 
