@@ -44,15 +44,6 @@ default concurrency never plans more workers than the available memory holds."""
 RETRY_BACKOFF_S, RETRY_BACKOFF_MAX_S = 1.0, 30.0
 MAX_WORKER_DEATHS = 5
 """Workers that die without a video in hand (they cannot start) before the batch gives up."""
-EMPTY_SOURCE = {
-    "url": None,
-    "title": None,
-    "duration_s": None,
-    "width": None,
-    "height": None,
-    "fps": None,
-    "sha256": None,
-}
 
 
 class BatchUsageError(click.ClickException):
@@ -175,9 +166,10 @@ def _entry(row: Row, url: str | None, doc: dict, attempts: int, report_url: str 
 
 
 def _failed(url: Any, code: str, message: str, retryable: bool = False) -> dict:
+    from scanner.document import VideoSource
     from scanner.verdict import failed_document
 
-    source = {**EMPTY_SOURCE, "url": url if isinstance(url, str) else None}
+    source = VideoSource.unknown(url if isinstance(url, str) else None)
     return failed_document(source=source, model=None, code=code, message=message, retryable=retryable)
 
 

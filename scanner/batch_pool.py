@@ -173,6 +173,7 @@ def _send(out, message: dict[str, Any]) -> None:
 
 def _serve(out) -> None:
     from scanner.config import ScannerSettings
+    from scanner.document import VideoSource
     from scanner.errors import ScanError
     from scanner.pipeline import Scanner
     from scanner.verdict import failed_document
@@ -190,15 +191,7 @@ def _serve(out) -> None:
                 doc = scan(task["value"])
             except Exception as exc:  # a bug, not a property of the video: reported for this item, the batch goes on
                 doc = failed_document(
-                    source={
-                        "url": task["value"] if task["kind"] == "url" else None,
-                        "title": None,
-                        "duration_s": None,
-                        "width": None,
-                        "height": None,
-                        "fps": None,
-                        "sha256": None,
-                    },
+                    source=VideoSource.unknown(task["value"] if task["kind"] == "url" else None),
                     model=None,
                     code="internal_error",
                     message=f"the scan stopped with an internal error: {type(exc).__name__}",

@@ -99,6 +99,7 @@ def scan(
 ) -> None:
     """Scan a video URL (a video page, a direct media URL, an HTML page with a video, HLS) or a local file."""
     from scanner.config import ScannerSettings
+    from scanner.document import VideoSource
     from scanner.pipeline import Scanner
     from scanner.verdict import failed_document
     from serving.config import ServingSettings
@@ -117,15 +118,7 @@ def scan(
             document = scanner.scan_file(target, progress)
         else:
             document = failed_document(
-                source={
-                    "url": target,
-                    "title": None,
-                    "duration_s": None,
-                    "width": None,
-                    "height": None,
-                    "fps": None,
-                    "sha256": None,
-                },
+                source=VideoSource.unknown(target),
                 model=None,
                 code="invalid_url",
                 message=f"{target!r} is neither an http(s) URL nor an existing file",

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from scanner.config import ScannerSettings
+from scanner.document import VideoSource
 from scanner.errors import ModelUnavailableError, ScanError
 from scanner.threads import limit_threads
 from scanner.verdict import ScoredFace, build_document, failed_document
@@ -176,15 +177,7 @@ class Scanner:
         started = time.perf_counter()
         timings: dict[str, float] = {}
         model = None
-        source = {
-            "url": source.get("url"),
-            "title": None,
-            "duration_s": None,
-            "width": None,
-            "height": None,
-            "fps": None,
-            "sha256": None,
-        }
+        source = VideoSource.unknown(source.get("url")).to_dict()
         try:
             model = self.model_info()  # fail fast, before downloading, when the model cannot load
             progress("fetch", 0.0)

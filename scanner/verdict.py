@@ -1,23 +1,24 @@
-"""The verdict document: scored faces aggregated per person and over time, plus the label rules.
+"""The verdict document's numbers: scored faces aggregated per person and over time, plus the label rules.
 
 Aggregation follows the paper's video-level rule: a person's score is the mean of their face scores, and
 the video's score is its most suspicious person. People seen in a single sampled frame are reported but
 decide the verdict only when nobody was seen more than once (a one-frame detection is often a false face).
 The label is `uncertain` within `uncertain_band` of the model's threshold, `no_face` when no face was
-scored — never `real` by default.
+scored — never `real` by default. The document's shape is `scanner.document`'s models.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import copy
+import functools
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
-SCHEMA_FILE = "verdict.schema.json"
+from scanner.document import ErrorCode, ModelInfo, Source, Verdict, VerdictDocument
+from scanner.document import schema as document_schema
 
 
 @dataclass
@@ -104,8 +105,8 @@ def top_faces(faces: list[ScoredFace], count: int, jpeg_quality: int = 85) -> li
 
 def build_document(
     *,
-    source: dict,
-    model: dict,
+    source: Source | dict,
+    model: ModelInfo | dict,
     threshold: float,
     band: float,
     faces: list[ScoredFace],
@@ -115,63 +116,58 @@ def build_document(
     top: int,
     timings_ms: dict[str, float],
 ) -> dict[str, Any]:
+    """The finished scan's document (`VerdictDocument.finished`) as JSON."""
     people = people_summary(faces)
     score = video_score(people)
-    return {
-        "source": source,
-        "status": "done",
-        "verdict": {
-            "label": label_for(score, threshold, band),
-            "fake_probability": None if score is None else round(score, 6),
-            "confidence": None if score is None else round(confidence_for(score, threshold), 6),
-            "threshold": threshold,
-            "uncertain_band": band,
-        },
-        "model": model,
-        "frames_sampled": len(frame_times),
-        "keyframes_only": keyframes,
-        "faces_analyzed": len(faces),
-        "faces_skipped": faces_skipped,
-        "people": people,
-        "timeline": timeline(faces, frame_times),
-        "top_faces": top_faces(faces, top),
-        "timings_ms": {k: round(v, 1) for k, v in timings_ms.items()},
-        "error": None,
-    }
+    verdict = Verdict(
+        label=label_for(score, threshold, band),
+        fake_probability=None if score is None else round(score, 6),
+        confidence=None if score is None else round(confidence_for(score, threshold), 6),
+        threshold=threshold,
+        uncertain_band=band,
+    )
+    return VerdictDocument.finished(
+        source=source,
+        model=model,
+        verdict=verdict,
+        frames_sampled=len(frame_times),
+        keyframes_only=keyframes,
+        faces_analyzed=len(faces),
+        faces_skipped=faces_skipped,
+        people=people,
+        timeline=timeline(faces, frame_times),
+        top_faces=top_faces(faces, top),
+        timings_ms=timings_ms,
+    ).to_dict()
 
 
 def failed_document(
     *,
-    source: dict,
-    model: dict | None,
-    code: str,
+    source: Source | dict,
+    model: ModelInfo | dict | None,
+    code: ErrorCode,
     message: str,
     retryable: bool = False,
     timings_ms: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    return {
-        "source": source,
-        "status": "failed",
-        "verdict": None,
-        "model": model,
-        "frames_sampled": 0,
-        "keyframes_only": False,
-        "faces_analyzed": 0,
-        "faces_skipped": 0,
-        "people": [],
-        "timeline": [],
-        "top_faces": [],
-        "timings_ms": {k: round(v, 1) for k, v in (timings_ms or {}).items()},
-        "error": {"code": code, "message": message, "retryable": retryable},
-    }
+    """A failed scan's document (`VerdictDocument.failed`) as JSON."""
+    return VerdictDocument.failed(
+        source=source, model=model, code=code, message=message, retryable=retryable, timings_ms=timings_ms
+    ).to_dict()
 
 
-def schema() -> dict:
-    return json.loads(resources.files("scanner").joinpath(SCHEMA_FILE).read_text())
+def schema() -> dict[str, Any]:
+    """The verdict document's JSON Schema, generated from `scanner.document` (as `verdict.schema.json` holds it)."""
+    return copy.deepcopy(_schema())
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return document_schema()
 
 
 def validate(document: dict) -> None:
     """Raise `jsonschema.ValidationError` unless `document` follows the published schema."""
     import jsonschema
 
-    jsonschema.validate(document, schema(), format_checker=jsonschema.FormatChecker())
+    jsonschema.validate(document, _schema(), format_checker=jsonschema.FormatChecker())

@@ -5,42 +5,23 @@ from __future__ import annotations
 import copy
 import functools
 from importlib import resources
-from typing import Any
 
 import yaml
 
 _PREFIX = "#/components/schemas/"
-# The verdict schema's `$defs`, renamed as components.
-_DEFS = {"probability": "VerdictProbability", "seconds": "VerdictSeconds"}
-
-
-def _rewrite_refs(node: Any) -> Any:
-    if isinstance(node, dict):
-        out = {}
-        for key, value in node.items():
-            if key == "$ref" and isinstance(value, str) and value.startswith("#/$defs/"):
-                out[key] = _PREFIX + _DEFS[value.removeprefix("#/$defs/")]
-            else:
-                out[key] = _rewrite_refs(value)
-        return out
-    if isinstance(node, list):
-        return [_rewrite_refs(v) for v in node]
-    return node
 
 
 def verdict_components() -> dict[str, dict]:
-    """VerdictDocument, Verdict (the label part, nullable) and the shared definitions, as OpenAPI 3.1 schemas."""
+    """VerdictDocument and Verdict (its label part, nullable) as OpenAPI 3.1 schemas: the scanner's JSON Schema
+    (generated from `scanner.document`, self-contained: no `$defs`), with `verdict` made a component of its own."""
     from scanner.verdict import schema
 
-    document = _rewrite_refs(copy.deepcopy(schema()))
-    defs = document.pop("$defs", {})
+    document = schema()
     for key in ("$schema", "$id"):
         document.pop(key, None)
     verdict = document["properties"]["verdict"]
     document["properties"]["verdict"] = {"$ref": _PREFIX + "Verdict"}
-    components = {"VerdictDocument": document, "Verdict": verdict}
-    components.update({_DEFS[name]: value for name, value in defs.items()})
-    return components
+    return {"VerdictDocument": document, "Verdict": verdict}
 
 
 @functools.cache

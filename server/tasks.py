@@ -247,13 +247,10 @@ def _publish_quietly(app: ScanApp, scan_id: str, task_id: str) -> None:
 
 
 def _failed(url: str, code: str, message: str, file_name: str | None = None) -> dict:
+    from scanner.document import UploadSource, VideoSource
     from scanner.verdict import failed_document
 
-    source = {"url": url, "title": None, "duration_s": None, "width": None, "height": None, "fps": None, "sha256": None}
-    if file_name is not None:
-        from server.uploads import upload_source
-
-        source = upload_source(source, file_name)
+    source = VideoSource.unknown(url) if file_name is None else UploadSource.of(VideoSource.unknown(), file_name)
     return failed_document(source=source, model=None, code=code, message=message, retryable=False)
 
 

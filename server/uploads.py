@@ -306,7 +306,9 @@ def accept(
 
 def upload_source(source: dict, file_name: str) -> dict:
     """The verdict document's `source` for an upload: the original name, no URL."""
-    return {**source, "url": None, "title": None, "kind": "upload", "file_name": file_name}
+    from scanner.document import UploadSource
+
+    return UploadSource.of(source, file_name).to_dict()
 
 
 def submit_upload(
@@ -495,23 +497,15 @@ def upload_name(settings: ServerSettings, scan_id: str) -> str | None:
 
 def scan_stored(scanner, settings: ServerSettings, scan_id: str, file_name: str, progress) -> dict:
     """Scan the stored upload of `scan_id` (found by id, never by a path from a request)."""
+    from scanner.document import VideoSource
     from scanner.verdict import failed_document
 
     path = stored_path(settings, scan_id)
     if path.is_file():
         document = scanner.scan_file(path, progress)
     else:  # removed by hand, or a gateway died between recording the scan and storing its file
-        source = {
-            "url": None,
-            "title": None,
-            "duration_s": None,
-            "width": None,
-            "height": None,
-            "fps": None,
-            "sha256": None,
-        }
         document = failed_document(
-            source=source,
+            source=VideoSource.unknown(),
             model=None,
             code="internal_error",
             message="the uploaded file is no longer stored; upload it again",

@@ -268,6 +268,8 @@ def test_rerun_resumes_retries_failed_only_when_asked_and_fail_on(contract, clip
     assert clips_server.hits[BAD_ROWS["404"]] > hits[BAD_ROWS["404"]]
     assert all(clips_server.hits[f"/files/{name}"] == hits[f"/files/{name}"] for name in contract.clips)
     after = read_jsonl(out / "results.jsonl")
+    for entry in after:  # rescanned and kept documents alike
+        validate(entry["result"])
     assert [e["attempts"] for e in after if e["input"]["id"] == "b404"] == [2]
     assert [without_timings(e) for e in after if e["result"]["status"] == "done"] == [
         without_timings(e) for e in before if e["result"]["status"] == "done"
@@ -314,6 +316,8 @@ def test_resume_after_kill_9_equals_an_uninterrupted_run(server, tmp_path):
     assert uninterrupted.returncode == 0, uninterrupted.stderr
     a, b = read_jsonl(journal), read_jsonl(fresh / "results.jsonl")
     assert [e["row"] for e in a] == [2, 3, 4, 5, 6]
+    for entry in a:
+        validate(entry["result"])
     assert [without_timings(e) for e in a] == [without_timings(e) for e in b]
     assert list(staging.iterdir()) == []
 

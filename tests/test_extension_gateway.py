@@ -60,6 +60,68 @@ def test_models_lists_the_registry_with_the_default_marked(make_app, key, settin
         jsonschema.Draft202012Validator(schema).validate({"models": [{"name": "x"}], "default": "x"})
 
 
+def test_the_scans_the_extension_reads_follow_the_verdict_schema(make_app, key, pg_url):
+    """The answers the extension reads (a cached POST /api/v1/scans, GET /api/v1/scans/<id> for a done and a failed
+    scan) are the OpenAPI document's `Scan`, their `result` the scanner's verdict schema."""
+    import jsonschema
+    import numpy as np
+
+    from scanner.document import VideoSource
+    from scanner.verdict import ScoredFace, build_document, failed_document, validate
+    from server import jobs
+    from server.openapi import document
+
+    client = make_app(extension_origin=CHROME).test_client()
+    headers = {"Origin": CHROME, "X-API-Key": key}
+    models = client.get("/api/v1/models", headers=headers).get_json()["models"]
+    version = next(m["version"] for m in models if m["name"] == DEFAULT_MODEL)
+    urls = [f"https://videos.example/extension/{jobs.new_id()}.mp4" for _ in range(2)]
+    ids = []
+    for url in urls:
+        with session_scope(pg_url) as session:
+            scan = jobs.submit(
+                session, url=url, page_url=None, model=DEFAULT_MODEL, version=version, api_key_id=None, cache_ttl_s=0
+            ).scan
+        ids.append(scan.id)
+    faces = [
+        ScoredFace(
+            t=t, frame=i, person=0, box=(8, 8, 64, 64), fake_probability=0.8, image=np.zeros((256, 256, 3), "uint8")
+        )
+        for i, t in enumerate((0.0, 0.5))
+    ]
+    source = {**VideoSource.unknown(urls[0]).to_dict(), "duration_s": 1.0, "width": 320, "height": 240, "fps": 25.0}
+    done = build_document(
+        source=source,
+        model={"name": DEFAULT_MODEL, "version": version, "backend": "embedded"},
+        threshold=0.5,
+        band=0.1,
+        faces=faces,
+        frame_times=[0.0, 0.5],
+        faces_skipped=0,
+        keyframes=False,
+        top=1,
+        timings_ms={"total": 10.0},
+    )
+    failed = failed_document(source=VideoSource.unknown(urls[1]), model=None, code="too_long", message="long")
+    with session_scope(pg_url) as session:
+        assert jobs.finish(session, ids[0], done) and jobs.finish(session, ids[1], failed)
+
+    spec = document()
+    scan_schema = jsonschema.Draft202012Validator(
+        {"$ref": "#/components/schemas/Scan", "components": spec["components"]}
+    )
+    cached = client.post("/api/v1/scans", json={"url": urls[0]}, headers=headers)
+    assert cached.status_code == 200 and cached.headers.get("Access-Control-Allow-Origin") == CHROME
+    answers = [cached.get_json()] + [client.get(f"/api/v1/scans/{i}", headers=headers).get_json() for i in ids]
+    assert [a["result"]["status"] for a in answers] == ["done", "done", "failed"]
+    for answer in answers:
+        scan_schema.validate(answer)
+        validate(answer["result"])
+    assert answers[1]["result"]["verdict"]["label"] == "fake" and answers[2]["result"]["error"]["code"] == "too_long"
+    with pytest.raises(jsonschema.ValidationError):
+        scan_schema.validate({**answers[1], "result": {**answers[1]["result"], "top_faces": [{"t": 0}]}})
+
+
 def test_models_needs_a_key_unless_open_mode(make_app):
     assert make_app().test_client().get("/api/v1/models").status_code == 401
     assert make_app(open_mode=True).test_client().get("/api/v1/models").status_code == 200

@@ -63,6 +63,18 @@ def unique_url(tag: str = "v") -> str:
     return f"https://videos.example/{tag}/{jobs.new_id()}.mp4"
 
 
+def follows_openapi(body: dict, component: str) -> None:
+    """Raise `jsonschema.ValidationError` unless `body` is what the served OpenAPI document says a `component` is
+    (a scan's `result` is checked against `VerdictDocument`, the scanner's verdict schema)."""
+    import jsonschema
+
+    from server.openapi import document
+
+    spec = document()
+    schema = {"$ref": f"#/components/schemas/{component}", "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(body)
+
+
 def finished_scan(
     pg_url: str,
     url: str,
@@ -132,6 +144,7 @@ def test_submit_queues_one_task_and_reports_the_scan(client, redis_queue):
     assert r.status_code == 202
     body = r.get_json()
     assert body["status"] == "queued" and body["cached"] is False and body["result"] is None
+    follows_openapi(body, "Scan")
     assert r.headers["Location"] == body["status_url"] and body["status_url"].endswith(f"/api/v1/scans/{body['id']}")
     assert body["model"] == {"name": DEFAULT_MODEL, "version": DEFAULT_VERSION}
     assert redis_queue() == 1
@@ -181,6 +194,7 @@ def test_recent_verdict_is_returned_without_a_new_task(client, pg_url, redis_que
     body = r.get_json()
     assert body["cached"] is True and body["id"] == scan_id and body["status"] == "done"
     assert body["result"]["verdict"]["label"] == "fake"
+    follows_openapi(body, "Scan")
     assert "Location" not in r.headers
     assert redis_queue() == 0
 
@@ -238,6 +252,8 @@ def test_batch_with_duplicates_and_bad_urls(client, redis_queue, pg_url):
 
     again = client.get(f"/api/v1/batches/{batch['id']}")
     assert again.status_code == 200 and again.get_json()["counts"] == batch["counts"]
+    follows_openapi(batch, "Batch")
+    follows_openapi(again.get_json(), "Batch")
 
 
 @pytest.mark.parametrize(
@@ -485,6 +501,41 @@ def test_report_page_for_queued_failed_and_missing(client, app, pg_url):
     assert missing.status_code == 404 and missing.mimetype == "text/html"
 
 
+def test_scan_answers_carry_the_verdict_document_as_documented(client, pg_url):
+    """What the gateway answers for a done and a failed scan follows the OpenAPI document, whose `VerdictDocument`
+    is the scanner's verdict schema."""
+    import jsonschema
+
+    from scanner.document import VideoSource
+    from scanner.verdict import failed_document, validate
+
+    done_id = finished_scan(pg_url, unique_url("documented"))
+    with session_scope(pg_url) as session:
+        failed = jobs.submit(
+            session,
+            url=unique_url("documented-fail"),
+            page_url=None,
+            model=DEFAULT_MODEL,
+            version=DEFAULT_VERSION,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
+    with session_scope(pg_url) as session:
+        jobs.finish(
+            session,
+            failed.id,
+            failed_document(source=VideoSource.unknown(failed.url), model=None, code="not_a_video", message="no"),
+        )
+    for scan_id, status in ((done_id, "done"), (failed.id, "failed")):
+        body = client.get(f"/api/v1/scans/{scan_id}").get_json()
+        assert body["status"] == body["result"]["status"] == status
+        follows_openapi(body, "Scan")
+        validate(body["result"])
+        broken = {**body, "result": {**body["result"], "status": "done" if status == "failed" else "failed"}}
+        with pytest.raises(jsonschema.ValidationError):
+            follows_openapi(broken, "Scan")
+
+
 # --- health and metrics -------------------------------------------------------------------------------------------
 
 
@@ -517,10 +568,17 @@ def test_metrics(client, pg_url, stack_redis):
 def test_openapi_document_is_served_and_valid(app):
     from openapi_spec_validator import validate
 
+    from scanner.verdict import schema
+
     r = app.test_client().get("/api/v1/openapi.json")  # public: no key
     assert r.status_code == 200
     validate(r.get_json())
-    assert "VerdictDocument" in r.get_json()["components"]["schemas"]
+    # the components are the scanner's verdict schema, its `verdict` part made a component of its own
+    schemas = r.get_json()["components"]["schemas"]
+    document = schemas["VerdictDocument"]
+    assert document["properties"]["verdict"] == {"$ref": "#/components/schemas/Verdict"}
+    published = {**document, "properties": {**document["properties"], "verdict": schemas["Verdict"]}}
+    assert published == {k: v for k, v in schema().items() if k not in ("$schema", "$id")}
 
 
 # --- units --------------------------------------------------------------------------------------------------------

@@ -1,15 +1,27 @@
-"""Aggregation and label rules of the verdict document, and its JSON Schema."""
+"""Aggregation and label rules of the verdict document, its typed models and the JSON Schema made from them."""
 
 from __future__ import annotations
 
 import base64
+import copy
 import io
+import json
 
 import jsonschema
 import numpy as np
+import pydantic
 import pytest
 from PIL import Image
 
+import scanner.errors
+from scanner.document import (
+    ERROR_CODES,
+    SCHEMA_FILE,
+    UploadSource,
+    VerdictDocument,
+    VideoSource,
+    schema_text,
+)
 from scanner.verdict import (
     ScoredFace,
     build_document,
@@ -17,6 +29,7 @@ from scanner.verdict import (
     failed_document,
     label_for,
     people_summary,
+    schema,
     timeline,
     validate,
     video_score,
@@ -143,8 +156,86 @@ def test_failed_document_has_an_error_and_no_probability():
         lambda d: d.update(error={"code": "oops", "message": "x"}),
     ],
 )
-def test_schema_rejects_broken_documents(mutate):
+def test_schema_and_models_reject_broken_documents(mutate):
     doc = document([face(0.5, 0, 0.9), face(1.5, 0, 0.9)])
     mutate(doc)
     with pytest.raises(jsonschema.ValidationError):
         validate(doc)
+    with pytest.raises(pydantic.ValidationError):
+        VerdictDocument.model_validate(doc)
+
+
+# --- the models and the schema made from them ----------------------------------------------------------------------
+
+
+def test_committed_schema_is_the_generated_one():
+    assert SCHEMA_FILE.read_text(encoding="utf-8") == schema_text(), "run `python -m scanner.document` and commit"
+
+
+def test_schema_is_self_contained_and_keeps_the_contract():
+    generated = schema()
+    assert "$ref" not in json.dumps(generated)  # server/openapi.py publishes it as it is
+    jsonschema.Draft202012Validator.check_schema(generated)
+    properties = generated["properties"]
+    assert set(generated["required"]) == set(properties)
+    assert properties["error"]["properties"]["code"]["enum"] == list(ERROR_CODES)  # where the extension reads them
+    assert properties["verdict"]["properties"]["label"]["enum"] == ["fake", "real", "uncertain", "no_face"]
+    assert properties["verdict"]["type"] == properties["error"]["type"] == ["object", "null"]
+    assert properties["status"]["enum"] == ["done", "failed"]
+
+
+def test_every_scan_error_code_is_in_the_contract():
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    codes = {cls.code for cls in subclasses(scanner.errors.ScanError)}
+    assert codes | {"internal_error"} == set(ERROR_CODES)
+
+
+def test_a_finished_document_survives_its_schema_and_its_models():
+    doc = document([face(0.5, 0, 0.1), face(1.5, 1, 0.95)])
+    assert VerdictDocument.model_validate(doc).to_dict() == doc
+    assert VerdictDocument.model_validate(json.loads(json.dumps(doc))).to_dict() == doc
+
+
+def test_status_decides_verdict_error_and_model():
+    doc = document([face(0.5, 0, 0.9)])
+    for status, changes in (
+        ("done", {"verdict": None}),
+        ("done", {"model": None}),
+        ("done", {"error": {"code": "timeout", "message": "x", "retryable": False}}),
+        ("failed", {"error": None, "verdict": None}),
+    ):
+        broken = {**copy.deepcopy(doc), "status": status, **changes}
+        with pytest.raises(jsonschema.ValidationError):
+            validate(broken)
+        with pytest.raises(pydantic.ValidationError):
+            VerdictDocument.model_validate(broken)
+
+
+def test_unknown_and_upload_sources():
+    failed = failed_document(source=VideoSource.unknown("https://e.org/x"), model=None, code="timeout", message="t")
+    validate(failed)
+    assert failed["source"] == {**dict.fromkeys(SOURCE), "url": "https://e.org/x"}
+    assert failed["model"] is None and failed["timings_ms"] == {}
+
+    upload = UploadSource.of(SOURCE, "clip.mp4").to_dict()
+    assert upload == {**SOURCE, "url": None, "title": None, "kind": "upload", "file_name": "clip.mp4"}
+    assert UploadSource.of(upload, "again.mp4").to_dict() == {**upload, "file_name": "again.mp4"}  # an upload's own
+    doc = document([face(0.5, 0, 0.9)])
+    validate({**doc, "source": upload})
+    for broken in ({**upload, "url": "https://e.org/x"}, {**upload, "file_name": "x" * 256}, {**SOURCE, "kind": "x"}):
+        with pytest.raises(jsonschema.ValidationError):
+            validate({**doc, "source": broken})
+        with pytest.raises(pydantic.ValidationError):
+            VerdictDocument.model_validate({**doc, "source": broken})
+
+
+def test_model_backend_is_left_out_when_unknown():
+    doc = failed_document(source=SOURCE, model={"name": "m", "version": 2}, code="timeout", message="t")
+    assert doc["model"] == {"name": "m", "version": 2}
+    validate(doc)
+    with pytest.raises(jsonschema.ValidationError):
+        validate({**doc, "model": {"name": "m", "version": 2, "backend": None}})
