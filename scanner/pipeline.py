@@ -2,8 +2,9 @@
 
 Decoding runs in a background thread (PyAV releases the GIL) while the calling thread detects, crops and
 tracks faces, so the two overlap on two cores; crops are scored in batches through the prediction
-interface. Stage timings in the document are the time each stage itself took (decode and detect overlap,
-so they may add up to more than the total).
+interface. A scan that finds its model not loaded yet loads it in another thread meanwhile (`model_load`),
+needing it only to score the first batch. Stage timings in the document are the time each stage itself took
+(decode, detect and the model load overlap, so they may add up to more than the total).
 """
 
 from __future__ import annotations
@@ -60,9 +61,11 @@ class Scanner:
         self._model = model
         self._serving_settings = serving_settings
         self._predictor = predictor
+        self._spec = None
         self._detector = None
         self._members = None
         self._lock = threading.Lock()
+        self._detector_lock = threading.Lock()  # the detector is made while the model may be loading
 
     @property
     def predictor(self):
@@ -79,14 +82,37 @@ class Scanner:
             return self._predictor
 
     @property
+    def spec(self):
+        """The model's registry entry (threshold, band, crop margin), known without loading the model."""
+        if self._predictor is not None:
+            return self._predictor.spec
+        if self._spec is None:
+            from serving.errors import ServingError
+            from serving.registry import get_model
+
+            try:
+                self._spec = get_model(self._model or self._serving_settings.model, self._serving_settings)
+            except ServingError as exc:
+                raise ModelUnavailableError(str(exc)) from None
+        return self._spec
+
+    @property
+    def _model_settings(self) -> ServingSettings:
+        return self._predictor.settings if self._predictor is not None else self._serving_settings
+
+    @property
     def detector(self):
         from scanner.blazeface import FaceDetector
+        from serving.quiet import startup_step
 
-        with self._lock:
+        with self._detector_lock:
             if self._detector is None:
-                self._detector = FaceDetector(
+                detector = FaceDetector(
                     self.settings.detector, self.settings.min_detection_score, model_dir=self.settings.blazeface_dir
                 )
+                with startup_step():  # LiteRT makes its interpreter (and logs its delegate) on the first detection
+                    detector.detect(np.zeros((detector.spec.input_size,) * 2 + (3,), np.uint8))
+                self._detector = detector
             return self._detector
 
     @property
@@ -95,15 +121,15 @@ class Scanner:
         one per distinct margin of an ensemble's members."""
         if self.settings.crop_margin is not None:
             return (self.settings.crop_margin,)
-        return tuple(dict.fromkeys((self.predictor.spec.crop_margin, *self._member_margins().values())))
+        return tuple(dict.fromkeys((self.spec.crop_margin, *self._member_margins().values())))
 
     def _member_margins(self) -> dict[str, float]:
         from serving.registry import ensemble_members
 
-        spec = self.predictor.spec
+        spec = self.spec
         if not spec.is_ensemble or self.settings.crop_margin is not None:
             return {}
-        members = ensemble_members(spec, self._serving_settings)
+        members = ensemble_members(spec, self._model_settings)
         margins = {m.name: m.crop_margin for m in members}
         return margins if len(set(margins.values())) > 1 else {}
 
@@ -127,16 +153,25 @@ class Scanner:
         """The `uncertain` band: the setting when given, else the model's own, else the default."""
         if self.settings.uncertain_band is not None:
             return self.settings.uncertain_band
-        spec_band = self.predictor.spec.uncertain_band
+        spec_band = self.spec.uncertain_band
         return DEFAULT_UNCERTAIN_BAND if spec_band is None else spec_band
 
     def model_info(self) -> dict:
         spec = self.predictor.spec
         return {"name": spec.name, "version": spec.version, "backend": self.predictor.backend}
 
-    def close(self) -> None:
+    def _model_summary(self) -> dict:
+        """`model_info()` from the registry and the settings, before the model is loaded."""
         if self._predictor is not None:
-            self._predictor.close()
+            return self.model_info()
+        spec = self.spec
+        return {"name": spec.name, "version": spec.version, "backend": self._serving_settings.model_backend}
+
+    def close(self) -> None:
+        with self._lock:  # waits for a model load still running
+            predictor = self._predictor
+        if predictor is not None:
+            predictor.close()
         for member in (self._members or {}).values():
             member.close()
 
@@ -178,16 +213,20 @@ class Scanner:
         timings: dict[str, float] = {}
         model = None
         source = VideoSource.unknown(source.get("url")).to_dict()
+        loading = _ModelLoad(self)
         try:
-            model = self.model_info()  # fail fast, before downloading, when the model cannot load
+            model = self._model_summary()  # fail fast, before downloading, on an unknown model
             progress("fetch", 0.0)
+            fetch_started = time.perf_counter()
             with open_video() as video:
-                timings["fetch"] = (time.perf_counter() - started) * 1000
+                timings["fetch"] = (time.perf_counter() - fetch_started) * 1000
                 source = video.source
                 progress("fetch", 1.0)
                 if reuse is not None and (earlier := reuse(source)) is not None:
                     return earlier
-                document = self._analyze(Path(video.path), video.info.index, source, model, timings, progress, started)
+                document = self._analyze(
+                    Path(video.path), video.info.index, source, model, timings, progress, started, loading
+                )
         except ScanError as exc:
             timings["total"] = (time.perf_counter() - started) * 1000
             return failed_document(
@@ -217,12 +256,13 @@ class Scanner:
         timings: dict[str, float],
         progress: Progress,
         started: float,
+        loading: _ModelLoad,
     ) -> dict[str, Any]:
         from serving.errors import InvalidInputError, ServingError
 
         s = self.settings
-        spec = self.predictor.spec
-        batch_size = self.predictor.settings.batch_size
+        spec = self.spec
+        batch_size = self._model_settings.batch_size
         faces: list[ScoredFace] = []
         pending: list[tuple[ScoredFace, tuple[np.ndarray, ...]]] = []
         keep: list[tuple[float, int, np.ndarray]] = []  # min-heap of the most suspicious crops
@@ -230,6 +270,7 @@ class Scanner:
 
         def classify(batch: list[tuple[ScoredFace, tuple[np.ndarray, ...]]]) -> None:
             nonlocal classify_ms
+            loading.wait()
             t0 = time.perf_counter()
             try:
                 scores = self.score([np.stack([crops[i] for _, crops in batch]) for i in range(len(batch[0][1]))])
@@ -247,7 +288,8 @@ class Scanner:
                 elif s.top_faces and entry[0] > keep[0][0]:
                     heapq.heapreplace(keep, entry)
 
-        with self.faces(path, index, progress) as stream:
+        stream = FaceStream(path, index, s, self.detector, progress, self.margins, before_crops=loading.wait)
+        with stream:
             for found in stream:
                 pending += found
                 if len(pending) >= batch_size:
@@ -261,7 +303,9 @@ class Scanner:
         kept_images = {key: crop for _, key, crop in keep}
         for face in faces:
             face.image = kept_images.get(id(face))
+        loading.wait()  # a model that cannot load fails the scan, even of a video without faces
         timings.update(
+            loading.timings(),
             decode=stream.decode_ms,
             detect=stream.detect_ms,
             classify=classify_ms,
@@ -281,21 +325,61 @@ class Scanner:
         )
 
 
+class _ModelLoad:
+    """A scanner's model loading in a thread from the start of a scan, while the video is fetched and decoded."""
+
+    def __init__(self, scanner: Scanner):
+        self.ms: float | None = None
+        self._error: BaseException | None = None
+        self._thread = None
+        if scanner._predictor is None:
+            self._thread = threading.Thread(target=self._load, args=(scanner,), name="model-load", daemon=True)
+            self._thread.start()
+
+    def _load(self, scanner: Scanner) -> None:
+        started = time.perf_counter()
+        try:
+            scanner.model_info()  # loads it
+        except BaseException as exc:  # raised in the scanning thread by wait()
+            self._error = exc
+            return
+        self.ms = (time.perf_counter() - started) * 1000
+
+    def wait(self) -> None:
+        """Until the model is loaded; raises what stopped it loading (ModelUnavailableError, usually)."""
+        if self._thread is not None:
+            self._thread.join()
+            if self._error is not None:
+                raise self._error
+
+    def timings(self) -> dict[str, float]:
+        return {} if self.ms is None else {"model_load": self.ms}
+
+
 class FaceStream(AbstractContextManager):
     """Sampled frames → faces found (BlazeFace), too-small ones skipped, people tracked, faces cropped for the model.
 
     Iterating yields, for each sampled frame, its list of (ScoredFace without a score, crops): one 256×256 crop per
     margin of `margins` (a multiple of the detected box side; the first is the model's own). Decoding runs ahead in
-    a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done.
+    a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done. `before_crops()`
+    is called before faces are cropped (the crops are resized with TensorFlow, which one thread imports at a time).
     """
 
     def __init__(
-        self, path: Path, index, settings: ScannerSettings, detector, progress: Progress, margins: tuple[float, ...]
+        self,
+        path: Path,
+        index,
+        settings: ScannerSettings,
+        detector,
+        progress: Progress,
+        margins: tuple[float, ...],
+        before_crops: Callable[[], None] = lambda: None,
     ):
         from scanner.tracking import FaceTracker
         from scanner.video import choose_frames
 
         self.settings, self.detector, self.progress, self.margins = settings, detector, progress, margins
+        self.before_crops = before_crops
         self.expected = len(choose_frames(index, settings.frames, settings.keyframes))
         self.tracker = FaceTracker()
         self.frame_times: list[float] = []
@@ -325,6 +409,10 @@ class FaceStream(AbstractContextManager):
             detections, small = select_faces(self.detector.detect(frame.image), s.min_face_px)
             self.skipped += small
             people = self.tracker.assign(frame.t, detections)
+            if detections:
+                waited = time.perf_counter()
+                self.before_crops()
+                t0 += time.perf_counter() - waited  # waiting is no detection time
             found = []
             for detection, person in zip(detections, people, strict=True):
                 crops = [crop_face(frame.image, detection, margin) for margin in self.margins]

@@ -44,6 +44,28 @@ def command_settings(cls: type[S], **values) -> S:
         raise BadSettings(str(exc)) from None
 
 
+SUMMARIES = {
+    "batch": "Scan every video URL of INPUT (a text list, a CSV with a `url` column, JSONL; `-` for standard input).",
+    "calibrate": "Fit NAME's calibration, threshold and `uncertain` band on its validation split (same weights) and "
+    "record its training crops' geometry; registers the next version of NAME.",
+    "db": "The scan database's schema (Alembic migrations).",
+    "evaluate": "ROC AUC, equal error rate, accuracy and confusion counts of several models side by side, on face "
+    "crops (crop level) or on labelled videos (video level: the scan's verdict per video).",
+    "extract-faces": "Build a training set from labelled videos (labels.csv, or real/ and fake/) with the scan's own "
+    "face crops.",
+    "keys": "Create, list and revoke API keys (stored hashed; a key is shown once).",
+    "scan": "Scan a video URL (a video page, a direct media URL, an HTML page with a video, HLS) or a local file.",
+    "serve": "Run the REST gateway (gunicorn), or everything in one process with --dev.",
+    "train": "Train MesoNet on labelled face crops (validation split by cluster) and register the model as NAME.",
+    "worker": "Run a scan worker (Celery): takes scans from the queue, one per process at a time.",
+}
+"""The first sentence of the help of the commands other packages contribute: `mesoscan --help` lists them without
+importing those packages (tests/test_cli_startup.py checks each against the command's own help)."""
+
+LONG_RUNNING = {"serve", "worker"}
+"""Commands whose stderr is a log that their child processes share: TensorFlow's start-up lines are left in it."""
+
+
 class EntryPointGroup(click.Group):
     """A click group that lists and lazily loads subcommands from the `mesoscan.commands` entry points."""
 
@@ -59,6 +81,21 @@ class EntryPointGroup(click.Group):
             command = self._entry_points()[cmd_name].load()
         return command
 
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """click's listing, with SUMMARIES standing in for the commands of packages not imported yet."""
+        points = self._entry_points()
+        rows = []  # (name, short help of a width)
+        for name in self.list_commands(ctx):
+            point = points.get(name)
+            if name in SUMMARIES and point is not None and point.module not in sys.modules:
+                rows.append((name, click.Command(name, help=SUMMARIES[name]).get_short_help_str))
+            elif (command := self.get_command(ctx, name)) is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str))
+        if rows:
+            limit = formatter.width - 6 - max(len(name) for name, _ in rows)  # as click.Group's
+            with formatter.section("Commands"):
+                formatter.write_dl([(name, short_help(limit)) for name, short_help in rows])
+
 
 @click.group(cls=EntryPointGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mesoscan")
@@ -73,9 +110,11 @@ def cli() -> None:
 
 
 def main() -> None:
-    from serving.quiet import filter_stderr
+    from serving.quiet import quiet_native_startup
 
-    filter_stderr()
+    # The root group takes no option with a value: its first non-option argument names the command.
+    if next((arg for arg in sys.argv[1:] if not arg.startswith("-")), None) not in LONG_RUNNING:
+        quiet_native_startup()
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:
