@@ -75,6 +75,7 @@ bench: setup
 	$(BIN)/python -m tests.bench.bench_backends
 	$(BIN)/python -m tests.bench.bench_detect
 	$(BIN)/python -m tests.bench.bench_scan
+	$(BIN)/python -m tests.bench.bench_cli
 	$(BIN)/python -m tests.bench.bench_batch
 	$(BIN)/python -m tests.bench.bench_gateway
 	$(BIN)/python -m tests.bench.bench_extension
