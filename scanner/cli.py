@@ -263,7 +263,7 @@ def _with_crop_measurement(command: click.Command) -> click.Command:
 
     def callback(**kwargs):
         from scanner.geometry import measure_crop_margin
-        from serving.cli import MEASURE_CROP
+        from serving.training.commands import MEASURE_CROP
 
         click.get_current_context().meta[MEASURE_CROP] = measure_crop_margin
         return command.callback(**kwargs)
@@ -274,9 +274,9 @@ def _with_crop_measurement(command: click.Command) -> click.Command:
 
 
 def _serving_command(name: str) -> click.Command:
-    from serving import cli
+    from serving.training import commands
 
-    return _with_crop_measurement(getattr(cli, name))
+    return _with_crop_measurement(getattr(commands, name))
 
 
 train = _serving_command("train")

@@ -80,40 +80,15 @@ def _data_section(meta: dict) -> list[str]:
 
 
 def _recipe(meta: dict) -> list[str]:
+    """The Training section: the recorded config, the schedule and augmentation worded as the config words them."""
+    from serving.training.config import augmentation_wording, schedule_wording
+
     training = meta.get("training", {})
     cfg = training.get("config", {})
     if not cfg:
         return []
-    a = cfg.get("augment", {})
-    aug = [
-        "horizontal flip" if a.get("flip") else None,
-        f"rotation ±{a.get('rotation')}°" if a.get("rotation") else None,
-        f"zoom ±{a.get('zoom')}" if a.get("zoom") else None,
-        f"brightness ±{a.get('brightness')}" if a.get("brightness") else None,
-        f"hue ±{a.get('hue')}" if a.get("hue") else None,
-        (
-            f"Gaussian blur p={a.get('blur_prob')} σ {a['blur_sigma'][0]}–{a['blur_sigma'][1]} px"
-            if a.get("blur_prob")
-            else None
-        ),
-        (
-            f"downscale then upscale p={a.get('downscale_prob')} to "
-            f"{a['downscale_factor'][0]}–{a['downscale_factor'][1]} of the side"
-            if a.get("downscale_prob")
-            else None
-        ),
-        (
-            f"JPEG re-compression p={a.get('jpeg_prob')} quality {a['jpeg_quality'][0]}–{a['jpeg_quality'][1]}"
-            if a.get("jpeg_prob")
-            else None
-        ),
-    ]
-    schedule = {
-        "step": f"÷10 every {cfg.get('step_every')} iterations down to {cfg.get('min_learning_rate')} (the paper's)",
-        "cosine": f"cosine decay to {cfg.get('min_learning_rate')} over the run"
-        + (f" after {cfg.get('warmup_epochs')} warm-up epochs" if cfg.get("warmup_epochs") else ""),
-        "constant": "constant",
-    }.get(cfg.get("schedule"), cfg.get("schedule"))
+    aug = augmentation_wording(cfg.get("augment", {}))
+    schedule = schedule_wording(cfg)
     best = meta.get("metrics", {}).get("validation", {}).get("best_epoch")
     return [
         "## Training",
@@ -123,7 +98,7 @@ def _recipe(meta: dict) -> list[str]:
         f"({training.get('steps_per_epoch')} steps each), best epoch {best} by validation ROC AUC, "
         f"early stopping patience {cfg.get('patience')}",
         f"- Batch {cfg.get('batch_size')}, Adam, learning rate {cfg.get('learning_rate')}, {schedule}",
-        f"- Augmentation: {', '.join(x for x in aug if x) or 'none'}",
+        f"- Augmentation: {', '.join(aug) or 'none'}",
         f"- Class weights: {cfg.get('class_weight')}; bfloat16 mixed precision: "
         f"{'yes' if cfg.get('mixed_precision') else 'no'}; seed {cfg.get('seed')}",
         f"- Software: {', '.join(f'{k} {v}' for k, v in training.get('versions', {}).items())}",

@@ -23,7 +23,8 @@ from serving.errors import InvalidInputError, WeightsMismatchError
 from serving.fetch import sha256_of
 from serving.images import load_face
 from serving.registry import get_model, is_installed, list_models, load_keras_model, load_raw_model
-from serving.train import TrainConfig, learning_rate_schedule, register, register_ensemble, train, validation_crops
+from serving.train import TrainConfig, register, register_ensemble, train, validation_crops
+from serving.training.loop import learning_rate_schedule
 from tests.conftest import CROPS_DIR, require_shared
 
 TINY = {
@@ -45,10 +46,10 @@ def settings():
 @pytest.fixture(scope="module")
 def trained(settings):
     """One tiny model trained through the Python API, one with the same settings through `mesoscan train`."""
-    from serving.cli import train as train_command
+    from serving.training.commands import train as train_command
 
     data = require_shared(CROPS_DIR)
-    first = train(TrainConfig(data_dir=data, name="tiny_a", **TINY), settings=settings, progress=False)
+    first = train(TrainConfig(data_dir=data, name="tiny_a", **TINY), None, settings, progress=False)
     result = CliRunner().invoke(
         train_command,
         [
@@ -185,7 +186,7 @@ def test_registering_a_name_again_increments_its_version(trained, settings, tmp_
 def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, settings, tmp_path):
     from serving.predictor import get_predictor
 
-    result = register_ensemble("tiny_ens", ["tiny_a", "tiny_b"], CROPS_DIR, settings=settings)
+    result = register_ensemble("tiny_ens", ["tiny_a", "tiny_b"], CROPS_DIR, None, settings)
     meta = result.metadata
     assert meta["kind"] == "ensemble" and [m["name"] for m in meta["members"]] == ["tiny_a", "tiny_b"]
     assert meta["metrics"]["validation"]["n"] == 12 and set(meta["metrics"]["members_validation"]) == {
@@ -214,9 +215,9 @@ def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, s
         np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
 
     with pytest.raises(InvalidInputError, match="at least two different"):
-        register_ensemble("bad", ["tiny_a", "tiny_a"], CROPS_DIR, settings=settings)
+        register_ensemble("bad", ["tiny_a", "tiny_a"], CROPS_DIR, None, settings)
     with pytest.raises(InvalidInputError, match="trained by `mesoscan train`"):
-        register_ensemble("bad", ["tiny_a", "meso4_df"], CROPS_DIR, settings=settings)
+        register_ensemble("bad", ["tiny_a", "meso4_df"], CROPS_DIR, None, settings)
 
     # a member retrained (other weights under the same name) invalidates the ensemble's threshold
     other = ServingSettings(models_dir=tmp_path)
@@ -228,6 +229,22 @@ def test_an_ensemble_averages_its_members_and_refuses_changed_members(trained, s
     register(tmp_path / "trained", b_meta, weights_source=tmp_path / "retrained.weights.h5")
     with pytest.raises(WeightsMismatchError, match="tiny_b"):
         load_keras_model(get_model("tiny_ens", other), other)
+
+
+def test_the_train_command_registers_an_ensemble(trained, settings):
+    from serving.training.commands import train as train_command
+
+    args = ["--data", str(CROPS_DIR), "--name", "tiny_cli_ens", "--ensemble", "tiny_a, tiny_b"]
+    result = CliRunner().invoke(train_command, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert "registered tiny_cli_ens v1" in result.output
+    meta = json.loads((settings.models_dir / "trained" / "tiny_cli_ens.json").read_text())
+    assert [m["name"] for m in meta["members"]] == ["tiny_a", "tiny_b"]
+    assert meta["training"]["command"].endswith("--ensemble tiny_a,tiny_b")
+    refused = CliRunner().invoke(train_command, [*args, "--arch", "meso4"])
+    assert refused.exit_code == 2 and "leave out --arch" in refused.output
+    missing = CliRunner().invoke(train_command, args[:4])
+    assert missing.exit_code == 2 and "--arch is required" in missing.output
 
 
 def test_evaluate_writes_metrics_pngs_and_scores_whose_auc_is_sklearns(trained, settings, tmp_path):
@@ -348,6 +365,30 @@ def test_augment_settings_out_of_range_are_refused():
         AugmentConfig(jpeg_quality=(90, 30))
 
 
+def test_scoring_many_models_traces_each_once_and_warns_of_nothing():
+    """An ensemble's members, a recalibration: TensorFlow warns of "retracing" when five models are scored one
+    after the other with `model.predict` (its predict step's code is the same for all); `predict_faces` does not."""
+    import logging
+
+    from serving import mesonet
+    from serving.training.pipeline import predict_faces
+
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())
+    logging.getLogger("tensorflow").addHandler(handler)
+    try:
+        faces = _faces(3)
+        for _ in range(6):
+            model = mesonet.build("meso4", "p_fake")
+            scores = predict_faces(model, faces, np.arange(3)[::-1])
+    finally:
+        logging.getLogger("tensorflow").removeHandler(handler)
+    assert [w for w in warnings if "retracing" in w] == []
+    assert scores.dtype == np.float32 and scores.shape == (3,)
+    np.testing.assert_allclose(scores, model.predict(faces[::-1], verbose=0).reshape(-1), rtol=1e-6, atol=1e-7)
+
+
 def test_learning_rate_schedules():
     step = learning_rate_schedule(TrainConfig(CROPS_DIR, "meso4", "x"), total_steps=10_000, steps_per_epoch=100)
     assert [float(step(s)) for s in (0, 999, 1000, 2500, 3000, 9000)] == pytest.approx(
@@ -364,81 +405,6 @@ def test_learning_rate_schedules():
     assert float(cosine(1000)) == pytest.approx(1e-6, rel=1e-3)
 
 
-def test_train_config_is_validated():
-    with pytest.raises(InvalidInputError, match="unknown architecture"):
-        TrainConfig(CROPS_DIR, "resnet", "x")
-    with pytest.raises(InvalidInputError, match="model name"):
-        TrainConfig(CROPS_DIR, "meso4", "../evil")
-
-
-def test_the_train_command_defaults_are_the_recipe_defaults():
-    from serving.cli import train as train_command
-
-    config, augment = TrainConfig(CROPS_DIR, "meso4", "x"), AugmentConfig()
-    for param in train_command.params:
-        name = param.name
-        if name in {
-            "data_dir",
-            "name",
-            "arch",
-            "members",
-            "out_dir",
-            "no_augment",
-            "description",
-            "data_description",
-            "licence",
-        }:
-            continue
-        expected = getattr(config, name) if hasattr(config, name) else getattr(augment, name)
-        default = param.process_value(click_context(train_command), param.default)
-        assert default == expected, name
-
-
-def click_context(command):
-    import click
-
-    return click.Context(command)
-
-
-def test_the_recorded_command_line_parses_back_to_the_same_settings():
-    import shlex
-
-    from serving.cli import train as train_command
-
-    config = TrainConfig(
-        CROPS_DIR,
-        "mesoinception4",
-        "x",
-        epochs=7,
-        batch_size=32,
-        learning_rate=3e-4,
-        schedule="cosine",
-        warmup_epochs=2,
-        seed=5,
-        class_weight="none",
-        mixed_precision=True,
-        limit=900,
-        description="a try",
-        licence="mine",
-        augment=AugmentConfig(
-            flip=False, rotation=5, jpeg_prob=0.25, jpeg_quality=(50, 95), blur_prob=0.1, blur_sigma=(0.5, 1.0)
-        ),
-    )
-    args = shlex.split(config.command_line())
-    assert args[:2] == ["mesoscan", "train"]
-    params = train_command.make_context("train", args[2:]).params
-    for key, value in config.to_dict().items():
-        if key == "augment":
-            for a_key, a_value in value.items():
-                assert params[a_key] == (tuple(a_value) if isinstance(a_value, list) else a_value), a_key
-        elif key == "data_dir":
-            assert str(params[key]) == value
-        elif key == "data_description":
-            assert params[key] is None  # the default, so not spelled out
-        else:
-            assert params[key] == value, key
-
-
 def test_training_needs_both_classes_and_enough_crops(tmp_path):
     settings = ServingSettings(models_dir=tmp_path / "models")
     folder = tmp_path / "crops"
@@ -447,6 +413,6 @@ def test_training_needs_both_classes_and_enough_crops(tmp_path):
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(crop.path, target)
     with pytest.raises(InvalidInputError, match="fewer than one batch"):
-        train(TrainConfig(folder, "meso4", "x", batch_size=75), settings=settings, progress=False)
+        train(TrainConfig(folder, "meso4", "x", batch_size=75), None, settings, progress=False)
     with pytest.raises(InvalidInputError, match="both REAL and FAKE"):
-        train(TrainConfig(folder, "meso4", "x", batch_size=2), settings=settings, progress=False)
+        train(TrainConfig(folder, "meso4", "x", batch_size=2), None, settings, progress=False)
