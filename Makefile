@@ -14,7 +14,8 @@ NODE_STAMP := extension/node_modules/.installed
 
 setup: system $(STAMP) $(NODE_STAMP)
 
-# Debian packages the project needs (ffmpeg remuxes downloaded HLS locally; yt-dlp never runs it).
+# Debian packages the project needs. ffmpeg remuxes downloaded HLS locally and makes the test media; yt-dlp never runs
+# it (scanner/download.py refuses that hand-off).
 system:
 	@missing=""; for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from scanner.errors import InvalidUrlError, ScanError
+from scanner.netguard import DEFAULT_PORTS
 
 Format = Literal["txt", "csv", "jsonl"]
 FORMATS: tuple[Format, ...] = ("txt", "csv", "jsonl")
@@ -43,9 +44,6 @@ _TRACKING_NAMES = frozenset(
 def _is_tracking(name: str) -> bool:
     name = name.lower()
     return name in _TRACKING_NAMES or name.startswith(_TRACKING_PREFIXES)
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class InputError(Exception):
@@ -89,7 +87,7 @@ def normalize_url(url: str) -> str:
     host = (parts.hostname or "").rstrip(".")
     if ":" in host:
         host = f"[{host}]"
-    netloc = host if parts.port in (None, _DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
+    netloc = host if parts.port in (None, DEFAULT_PORTS.get(scheme)) else f"{host}:{parts.port}"
     if parts.username is not None:
         userinfo = parts.username + (f":{parts.password}" if parts.password is not None else "")
         netloc = f"{userinfo}@{netloc}"

@@ -23,7 +23,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from scanner.errors import (
 )
 from scanner.netguard import AddressPolicy, NetGuard, guarded_youtube_dl
 from scanner.probe import VideoInfo, probe_video
-from serving.files import sha256_of
+from serving.files import private_temp_dir, sha256_of
 
 log = logging.getLogger(__name__)
 
@@ -162,13 +161,8 @@ def fetch_video(url: str, settings: ScannerSettings, progress: Progress | None =
     """
     policy = AddressPolicy.from_settings(settings)
     policy.check_url(url)
-    if settings.temp_dir is not None:
-        settings.temp_dir.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="mesoscan-", dir=settings.temp_dir))
-    try:
+    with private_temp_dir(settings.temp_dir, "mesoscan-") as workdir:
         yield _Fetch(url.strip(), settings, NetGuard(policy), workdir, progress).run()
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 class _AbortError(Exception):

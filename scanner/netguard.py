@@ -53,7 +53,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[..., list[tuple[Any, ...]]]
 
 ALLOWED_SCHEMES = ("http", "https")
-_DEFAULT_PORTS = {"http": 80, "https": 443}
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 _V4 = ipaddress.IPv4Network
 _V6 = ipaddress.IPv6Network
@@ -266,7 +266,7 @@ class AddressPolicy:
         host = parts.hostname
         if not host:
             raise InvalidUrlError("the URL has no host")
-        port = port or _DEFAULT_PORTS[scheme]
+        port = port or DEFAULT_PORTS[scheme]
         if (ip := parse_ip_literal(host)) is not None:
             self.check_address(ip, port, None)
         return scheme, host, port

@@ -233,22 +233,25 @@ def find_by_content(session: Session, scan_id: str, sha256: str, model: str, ver
     session.execute(
         update(Scan).where(Scan.id == scan_id).values(sha256=sha256).execution_options(synchronize_session=False)
     )
+    return recent_verdict(session, sha256, model, version, ttl_s, other_than=scan_id)
+
+
+def recent_verdict(
+    session: Session, sha256: str, model: str, version: int, ttl_s: float, other_than: str | None = None
+) -> Scan | None:
+    """The latest scan of the same video bytes and model that finished `done` within `ttl_s` (None when 0)."""
     if ttl_s <= 0:
         return None
-    since = utcnow() - dt.timedelta(seconds=ttl_s)
-    return session.scalars(
-        select(Scan)
-        .where(
-            Scan.sha256 == sha256,
-            Scan.model == model,
-            Scan.model_version == version,
-            Scan.status == DONE,
-            Scan.finished_at >= since,
-            Scan.id != scan_id,
-        )
-        .order_by(Scan.finished_at.desc())
-        .limit(1)
-    ).first()
+    query = select(Scan).where(
+        Scan.sha256 == sha256,
+        Scan.model == model,
+        Scan.model_version == version,
+        Scan.status == DONE,
+        Scan.finished_at >= utcnow() - dt.timedelta(seconds=ttl_s),
+    )
+    if other_than is not None:
+        query = query.where(Scan.id != other_than)
+    return session.scalars(query.order_by(Scan.finished_at.desc()).limit(1)).first()
 
 
 def back_to_queue(session: Session, scan_id: str, task_id: str) -> None:

@@ -1,4 +1,5 @@
-"""Files written whole or not at all (a temp file beside the target, fsynced, renamed over it), and file digests."""
+"""Files written whole or not at all (a temp file beside the target, fsynced, renamed over it), private temp
+directories, and file digests."""
 
 from __future__ import annotations
 
@@ -53,6 +54,19 @@ def atomic_copy(source: Path, path: Path) -> None:
     """Copy `source` to `path` atomically."""
     with open(source, "rb") as src, atomic_writer(path) as out:
         shutil.copyfileobj(src, out, 1 << 20)
+
+
+@contextmanager
+def private_temp_dir(parent: Path | None, prefix: str) -> Iterator[Path]:
+    """A new directory only this user can enter, under `parent` (made when missing; None: the system's temp
+    directory), removed with all it holds when the block ends, however it ends."""
+    if parent is not None:
+        Path(parent).mkdir(parents=True, exist_ok=True)
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def sha256_of(path: Path) -> str:

@@ -1,4 +1,5 @@
-"""serving.files: a file is replaced whole or not at all, with an ordinary file's permissions; sha256 of a file."""
+"""serving.files: a file is replaced whole or not at all, with an ordinary file's permissions; private temp
+directories go with what they hold; sha256 of a file."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import os
 
 import pytest
 
-from serving.files import atomic_copy, atomic_write_bytes, atomic_write_text, atomic_writer, sha256_of
+from serving.files import (
+    atomic_copy,
+    atomic_write_bytes,
+    atomic_write_text,
+    atomic_writer,
+    private_temp_dir,
+    sha256_of,
+)
 
 
 def test_a_write_replaces_the_file_whole_and_leaves_no_temp_file(tmp_path):
@@ -55,3 +63,21 @@ def test_sha256_of_a_file(tmp_path):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_of(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_a_private_temp_dir_is_made_under_its_parent_and_removed_with_its_files(tmp_path):
+    parent = tmp_path / "not" / "yet"
+    seen: list = []
+
+    def scan_interrupted() -> None:
+        with private_temp_dir(parent, "mesoscan-x-") as work:
+            seen.append((work, work.stat().st_mode & 0o777))
+            (work / "sub").mkdir()
+            (work / "sub" / "video.mp4").write_bytes(b"x")
+            raise KeyboardInterrupt  # Ctrl-C mid-scan
+
+    with pytest.raises(KeyboardInterrupt):
+        scan_interrupted()
+    work, mode = seen[0]
+    assert work.parent == parent and work.name.startswith("mesoscan-x-") and mode == 0o700
+    assert parent.is_dir() and list(parent.iterdir()) == []

@@ -1,4 +1,7 @@
-"""TF Serving over REST: the `jpeg` signature, faces sent as base64 JPEG (a 256×256 face is ~15 KB, not 197 KB).
+"""TF Serving over REST: the `jpeg` signature, faces sent as base64 JPEG.
+
+A 256×256 face is about 20 KB in the request (15 KB of JPEG at quality 95, base64; measured on the 100 shared test
+crops: 15 to 29 KB), against 197 KB of raw pixels or about 1 MB as JSON numbers.
 
 `POST /v1/models/<name>/versions/<version>:predict` with `{"signature_name": "jpeg", "instances": [{"b64": ...}]}`.
 Connection errors and 503 answers are retried with backoff (urllib3's `Retry`); each request has a timeout.
