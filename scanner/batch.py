@@ -19,7 +19,6 @@ import itertools
 import json
 import os
 import queue
-import shutil
 import signal
 import sys
 import tempfile
@@ -33,7 +32,7 @@ import click
 
 from scanner.batch_input import FORMATS, BatchInput, InputError, Row, Target, read_input, target_for
 from scanner.errors import ScanError
-from serving.files import atomic_write_bytes
+from serving.files import atomic_write_bytes, private_temp_dir
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_GATEWAY, EXIT_FAIL_ON = 0, 1, 2, 3, 10
 EXIT_SIGNAL = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -512,14 +511,15 @@ class Batch:
         return env
 
     def _run_local(self, todo: list[Item]) -> None:
+        assert self.settings is not None
+        with private_temp_dir(self.settings.temp_dir, "mesoscan-batch-") as temp_dir:  # the workers' temp files
+            self._run_workers(todo, str(temp_dir))
+
+    def _run_workers(self, todo: list[Item], temp_dir: str) -> None:
         from scanner.batch_pool import WorkerPool
 
-        assert self.settings is not None
         assert self.progress is not None
         size = min(self.options.concurrency or default_concurrency(), len(todo))
-        if self.settings.temp_dir is not None:
-            self.settings.temp_dir.mkdir(parents=True, exist_ok=True)
-        temp_dir = tempfile.mkdtemp(prefix="mesoscan-batch-", dir=self.settings.temp_dir)
         waiting: deque[Item] = deque(todo)
         in_hand: dict[str, Item] = {}
         deaths = ready = 0
@@ -574,7 +574,6 @@ class Batch:
         finally:
             self.outcome.peak_worker_rss_mb = round(pool.peak_rss_kb / 1024, 1) if pool.peak_rss_kb else None
             pool.stop()
-            shutil.rmtree(temp_dir, ignore_errors=True)
 
     def _run_gateway(self, todo: list[Item]) -> None:
         from scanner.batch_gateway import Gateway, GatewayError, GatewayRequestError, RateLimitedError

@@ -57,11 +57,7 @@ def stored_path(settings: ServerSettings, scan_id: str) -> Path:
 
 
 def remove_stored(settings: ServerSettings, scan_id: str) -> bool:
-    try:
-        stored_path(settings, scan_id).unlink()
-    except FileNotFoundError:
-        return False
-    return True
+    return _unlink(stored_path(settings, scan_id))
 
 
 def display_name(raw: str | None) -> str:
@@ -338,9 +334,7 @@ def submit_upload(
             "upload_bytes": upload.size,
         }
         with session_scope(settings.database_url) as session:
-            earlier = (
-                _recent_verdict(session, settings, upload.sha256, model, version) if settings.cache_ttl_s else None
-            )
+            earlier = jobs.recent_verdict(session, upload.sha256, model, version, settings.cache_ttl_s)
             if earlier is not None:
                 document = {**earlier.result, "source": upload_source(earlier.result["source"], upload.file_name)}
                 scan = Scan(
@@ -364,22 +358,6 @@ def submit_upload(
         return scan, "created"
     finally:
         upload.discard()
-
-
-def _recent_verdict(session, settings: ServerSettings, sha256: str, model: str, version: int) -> Scan | None:
-    since = utcnow() - dt.timedelta(seconds=settings.cache_ttl_s)
-    return session.scalars(
-        select(Scan)
-        .where(
-            Scan.sha256 == sha256,
-            Scan.model == model,
-            Scan.model_version == version,
-            Scan.status == DONE,
-            Scan.finished_at >= since,
-        )
-        .order_by(Scan.finished_at.desc())
-        .limit(1)
-    ).first()
 
 
 def _probe(settings: ServerSettings, path: Path) -> None:
@@ -430,7 +408,8 @@ def sweep(settings: ServerSettings) -> int:
     return removed
 
 
-def _unlink(path: Path) -> int:
+def _unlink(path: Path) -> bool:
+    """Remove `path`; False when it was already gone."""
     try:
         path.unlink()
     except FileNotFoundError:
