@@ -413,8 +413,8 @@ def _unlink(path: Path) -> bool:
     try:
         path.unlink()
     except FileNotFoundError:
-        return 0
-    return 1
+        return False
+    return True
 
 
 # --- the API's side ------------------------------------------------------------------------------------------------
