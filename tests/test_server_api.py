@@ -135,6 +135,26 @@ def finished_scan(
     return scan.id
 
 
+def failed_scan(pg_url: str, tag: str, code: str, message: str) -> str:
+    """The id of a scan of a new URL that ended `failed` with this error."""
+    from scanner.document import VideoSource
+    from scanner.verdict import failed_document
+
+    with session_scope(pg_url) as session:
+        scan = jobs.submit(
+            session,
+            url=unique_url(tag),
+            page_url=None,
+            model=DEFAULT_MODEL,
+            version=DEFAULT_VERSION,
+            api_key_id=None,
+            cache_ttl_s=0,
+        ).scan
+        document = failed_document(source=VideoSource.unknown(scan.url), model=None, code=code, message=message)
+        assert jobs.finish(session, scan.id, document)
+    return scan.id
+
+
 # --- submission ---------------------------------------------------------------------------------------------------
 
 
@@ -463,38 +483,8 @@ def test_report_page_for_queued_failed_and_missing(client, app, pg_url):
     page = app.test_client().get(f"/scans/{queued}")
     assert page.status_code == 200 and 'http-equiv="refresh"' in page.get_data(as_text=True)
 
-    with session_scope(pg_url) as session:
-        scan = jobs.submit(
-            session,
-            url=unique_url("fail"),
-            page_url=None,
-            model=DEFAULT_MODEL,
-            version=1,
-            api_key_id=None,
-            cache_ttl_s=0,
-        ).scan
-    from scanner.verdict import failed_document
-
-    with session_scope(pg_url) as session:
-        jobs.finish(
-            session,
-            scan.id,
-            failed_document(
-                source={
-                    "url": scan.url,
-                    "title": None,
-                    "duration_s": None,
-                    "width": None,
-                    "height": None,
-                    "fps": None,
-                    "sha256": None,
-                },
-                model=None,
-                code="not_a_video",
-                message="<b>not a video</b>",
-            ),
-        )
-    html = app.test_client().get(f"/scans/{scan.id}").get_data(as_text=True)
+    failed = failed_scan(pg_url, "fail", "not_a_video", "<b>not a video</b>")
+    html = app.test_client().get(f"/scans/{failed}").get_data(as_text=True)
     assert "Scan failed" in html and "&lt;b&gt;not a video&lt;/b&gt;" in html and "not_a_video" in html
 
     missing = app.test_client().get("/scans/nope")
@@ -506,27 +496,11 @@ def test_scan_answers_carry_the_verdict_document_as_documented(client, pg_url):
     is the scanner's verdict schema."""
     import jsonschema
 
-    from scanner.document import VideoSource
-    from scanner.verdict import failed_document, validate
+    from scanner.verdict import validate
 
     done_id = finished_scan(pg_url, unique_url("documented"))
-    with session_scope(pg_url) as session:
-        failed = jobs.submit(
-            session,
-            url=unique_url("documented-fail"),
-            page_url=None,
-            model=DEFAULT_MODEL,
-            version=DEFAULT_VERSION,
-            api_key_id=None,
-            cache_ttl_s=0,
-        ).scan
-    with session_scope(pg_url) as session:
-        jobs.finish(
-            session,
-            failed.id,
-            failed_document(source=VideoSource.unknown(failed.url), model=None, code="not_a_video", message="no"),
-        )
-    for scan_id, status in ((done_id, "done"), (failed.id, "failed")):
+    failed_id = failed_scan(pg_url, "documented-fail", "not_a_video", "no")
+    for scan_id, status in ((done_id, "done"), (failed_id, "failed")):
         body = client.get(f"/api/v1/scans/{scan_id}").get_json()
         assert body["status"] == body["result"]["status"] == status
         follows_openapi(body, "Scan")
