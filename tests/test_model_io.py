@@ -75,6 +75,17 @@ def test_embedded_backend_never_uses_model_predict(monkeypatch):
         assert predictor.predict(np.zeros((3, 256, 256, 3), np.uint8)).shape == (3,)
 
 
+def test_many_embedded_predictors_in_one_process_trace_without_a_retracing_warning(sample_faces, caplog):
+    """`mesoscan evaluate --model a,b,c,d,e,f` scores with six predictors: TensorFlow must not warn of retracing."""
+    df, _ = sample_faces
+    settings = ServingSettings()
+    with caplog.at_level("WARNING", logger="tensorflow"):
+        for _ in range(6):
+            with get_predictor("meso4_df", settings) as predictor:
+                predictor.predict(df[:1])
+    assert not [r for r in caplog.records if "retracing" in r.getMessage()]
+
+
 def test_unknown_model_names_the_known_ones():
     with pytest.raises(UnknownModelError, match=r"unknown model 'meso5'.*meso4_df.*mesoinception4_f2f"):
         get_predictor("meso5", ServingSettings())

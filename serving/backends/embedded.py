@@ -10,6 +10,17 @@ from serving.contract import IMAGE_SIZE
 from serving.registry import ModelSpec, load_keras_model
 
 
+class _Inference:
+    """`model(images, training=False)` as an object: TensorFlow counts its "retracing" warning by the traced
+    function's code, which one lambda would share across every predictor of a process (five models: a warning)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, images):
+        return self.model(images, training=False)
+
+
 class EmbeddedPredictor(Predictor):
     backend = "embedded"
 
@@ -19,7 +30,7 @@ class EmbeddedPredictor(Predictor):
         super().__init__(spec, settings)
         self.model = load_keras_model(spec, settings)
         self._score = tf.function(
-            lambda images: self.model(images, training=False),
+            _Inference(self.model),
             input_signature=[tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE, 3], tf.uint8)],
             reduce_retracing=True,
         )
