@@ -85,12 +85,6 @@ class ServingSettings(BaseSettings):
     REST scores equal gRPC's, at about 4× the payload."""
 
 
-def get_settings() -> ServingSettings:
-    """The model side's settings from the environment, checked (see `load`). For code whose entry point does not
-    hand it its settings yet; an entry point calls `load` once and passes the result down."""
-    return load(ServingSettings)
-
-
 # --- the check of the environment ----------------------------------------------------------------------------------
 
 
