@@ -52,6 +52,22 @@ def mesoscan(*args: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
+ON_CORES = """
+    import sys
+    from scanner import pipeline
+    cores = int(sys.argv.pop(1))
+    pipeline._cores = lambda: cores
+    from serving.cli import main
+    sys.argv[0] = "mesoscan"
+    main()
+"""
+
+
+def scan_on(cores: int, *args: str) -> list[str]:
+    """`mesoscan scan ARGS` as if the process had `cores` cores (one: the model loads first; two: beside the rest)."""
+    return [sys.executable, "-c", textwrap.dedent(ON_CORES), str(cores), "scan", *args]
+
+
 HELP = """
     import json, sys
     from importlib.metadata import entry_points
@@ -95,8 +111,15 @@ def test_every_subcommand_help_works(name):
     assert result.stderr == ""
 
 
-def test_scan_shows_no_native_startup_lines():
-    result = mesoscan("scan", str(require_shared(CLIP)), "--frames", "8", "--json")
+@pytest.mark.parametrize("cores", [1, 2])
+def test_scan_shows_no_native_startup_lines(cores):
+    result = subprocess.run(
+        scan_on(cores, str(require_shared(CLIP)), "--frames", "8", "--json"),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["status"] == "done"
     assert result.stderr == ""  # no progress bar either: stderr is no terminal
@@ -109,7 +132,8 @@ def test_evaluate_shows_no_native_startup_lines():
     assert result.stderr == ""
 
 
-def test_scan_progress_bar_shows_on_a_terminal():
+@pytest.mark.parametrize("cores", [1, 2])
+def test_scan_progress_bar_shows_on_a_terminal(cores):
     """stderr a terminal (a pty 100 columns wide): the progress bar is drawn there, and nothing else is."""
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
@@ -128,7 +152,7 @@ def test_scan_progress_bar_shows_on_a_terminal():
     reader = threading.Thread(target=read)
     reader.start()
     with subprocess.Popen(
-        [MESOSCAN, "scan", str(require_shared(CLIP)), "--frames", "8"],
+        scan_on(cores, str(require_shared(CLIP)), "--frames", "8"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=slave,

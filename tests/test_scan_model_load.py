@@ -1,9 +1,13 @@
-"""A scan that finds its model not loaded loads it beside the fetch and decode, and times that load on its own."""
+"""A scan that finds its model not loaded loads it beside the fetch and decode (given a second core), and times that
+load on its own."""
 
 from __future__ import annotations
 
 import threading
 
+import pytest
+
+from scanner import pipeline
 from scanner.config import ScannerSettings
 from scanner.pipeline import Scanner
 from scanner.verdict import validate
@@ -14,7 +18,9 @@ from tests.support.server_stack import refusing_port
 CLIP = VIDEOS_DIR / "ffpp_519_515_DF.mp4"
 
 
-def test_first_scan_loads_the_model_in_a_thread_and_times_it_apart(monkeypatch):
+@pytest.mark.parametrize(("cores", "loader"), [(2, "model-load"), (1, "MainThread")])
+def test_first_scan_loads_the_model_in_a_thread_and_times_it_apart(cores, loader, monkeypatch):
+    monkeypatch.setattr(pipeline, "_cores", lambda: cores)
     loaded_in = []
     real_model_info = Scanner.model_info
 
@@ -32,7 +38,7 @@ def test_first_scan_loads_the_model_in_a_thread_and_times_it_apart(monkeypatch):
         scanner.close()
     validate(cold)
     assert cold["status"] == warm["status"] == "done", cold["error"]
-    assert loaded_in == ["model-load"]
+    assert loaded_in == [loader]
     assert set(cold["timings_ms"]) == {"fetch", "model_load", "decode", "detect", "classify", "total"}
     assert cold["timings_ms"]["fetch"] < cold["timings_ms"]["model_load"] < cold["timings_ms"]["total"]
     assert set(warm["timings_ms"]) == {"fetch", "decode", "detect", "classify", "total"}  # loaded already
@@ -41,7 +47,9 @@ def test_first_scan_loads_the_model_in_a_thread_and_times_it_apart(monkeypatch):
     assert cold["timeline"] == warm["timeline"]
 
 
-def test_a_model_that_cannot_load_fails_the_scan(tmp_path, monkeypatch):
+@pytest.mark.parametrize("cores", [2, 1])
+def test_a_model_that_cannot_load_fails_the_scan(cores, tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "_cores", lambda: cores)
     (tmp_path / "mirror").mkdir()
     settings = ServingSettings(models_dir=tmp_path / "models", models_mirror=str(tmp_path / "mirror"), retries=0)
     with refusing_port() as port:  # upstream (GitHub) through a proxy that refuses: no network
@@ -57,6 +65,7 @@ def test_a_model_that_cannot_load_fails_the_scan(tmp_path, monkeypatch):
         assert d["error"]["code"] == "model_unavailable" and d["error"]["retryable"] is True
         assert "could not fetch Meso4_DF.h5" in d["error"]["message"]
         assert d["model"] == {"name": "meso4_df", "version": 1, "backend": "embedded"}
+        assert ("fetch" in d["timings_ms"]) == (cores > 1)  # one core: it fails before the fetch
 
 
 def test_an_unknown_model_fails_before_the_fetch():
