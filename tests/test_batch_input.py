@@ -205,11 +205,16 @@ def test_a_batch_of_bad_rows_only_fails_each_row_and_starts_no_worker(tmp_path):
 
 def test_progress_bar_on_a_terminal(tmp_path):
     """On a terminal the batch draws one bar with done/failed/left; the summary still goes to stdout."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     rows = tmp_path / "rows.txt"
     rows.write_text("not a url\nftp://x/y\n")
     leader, follower = pty.openpty()
+    # A terminal has a size (a bare pty is 0×0, where tqdm draws nothing).
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "COLUMNS": "160"}
     process = subprocess.Popen(
         [MESOSCAN, "batch", str(rows), "--out", str(tmp_path / "out")], stdout=follower, stderr=follower, env=env
