@@ -102,9 +102,19 @@ def _recipe(meta: dict) -> list[str]:
         f"- Class weights: {cfg.get('class_weight')}; bfloat16 mixed precision: "
         f"{'yes' if cfg.get('mixed_precision') else 'no'}; seed {cfg.get('seed')}",
         f"- Software: {', '.join(f'{k} {v}' for k, v in training.get('versions', {}).items())}",
-        f"- Trained {training.get('started')} – {training.get('finished')}",
+        _training_time(training),
         "",
     ]
+
+
+def _training_time(training: dict) -> str:
+    """The epochs' own wall time: a run resumed across sessions spans several processes, so the last process'
+    start and end say little."""
+    seconds = sum(h.get("epoch_seconds", 0) for h in training.get("history", []))
+    span = f"registered {training.get('finished')}; the last process started {training.get('started')}"
+    if not seconds:
+        return f"- Trained {training.get('started')} – {training.get('finished')}"
+    return f"- Training time: {seconds / 60:.0f} min, the sum of the epochs' wall time ({span})"
 
 
 def _verdict_section(meta: dict) -> list[str]:
