@@ -14,7 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from sqlalchemy import delete, select
 
 from scanner.errors import InvalidUrlError, ScanError
-from server import jobs
+from server import jobs, uploads
 from server.db import read_scope, session_scope
 from server.errors import ApiError
 from server.jobs import ID_PATTERN, UNSTORABLE
@@ -242,11 +242,49 @@ def _publish(created: list[Scan]) -> None:
         ) from None
 
 
+def create_upload_scan():
+    """`POST /api/v1/scans` with a multipart body: the `file` part (and an optional `model` field) becomes a scan.
+    The key was checked and the submission counted by the rate limiter before the body is read."""
+    from server.auth import requester
+
+    settings = _settings()
+    upload, state = uploads.accept(request, settings, lambda _fields: (g.get("api_key_id"), requester()), _model)
+    if upload.path is None:
+        raise ApiError(
+            400,
+            "invalid_request",
+            f"send the video as a `{uploads.FILE_PART}` part with a file name (or JSON with a `url`)",
+        )
+    try:
+        scan, outcome = uploads.submit_upload(
+            settings, upload, model=state["model"], version=state["version"], api_key_id=state["api_key_id"]
+        )
+    except ApiError:
+        SUBMISSIONS.labels("rejected").inc()
+        raise
+    if outcome == "created":
+        publish_upload(scan)
+    SUBMISSIONS.labels(outcome).inc()
+    cached = outcome == "cached"
+    response = jsonify(scan_json(scan, cached=cached))
+    if not cached:
+        response.status_code = 202
+        response.headers["Location"] = external_url("api.get_scan", scan_id=scan.id)
+    return response
+
+
+def publish_upload(scan: Scan) -> None:
+    """Send the scan's task; when the broker is down its record and its stored file go (503)."""
+    try:
+        _publish([scan])
+    except ApiError:
+        uploads.remove_stored(_settings(), scan.id)
+        raise
+
+
 @bp.post("/scans")
 def create_scan():
     if request.mimetype == "multipart/form-data":
-        from server.uploads import create_upload_scan
-
         return create_upload_scan()
     body = _body(ScanRequest)
     try:

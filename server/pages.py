@@ -212,14 +212,14 @@ def _submit_form():
 
     settings = current_app.config["MESOSCAN"]
     if request.mimetype == "multipart/form-data":
-        upload, state = uploads.accept(request, settings, _identify)
+        upload, state = uploads.accept(request, settings, _identify, api._model)
         fields = upload.fields
         if upload.path is not None:
             scan, outcome = uploads.submit_upload(
                 settings, upload, model=state["model"], version=state["version"], api_key_id=state["api_key_id"]
             )
             if outcome == "created":
-                uploads.publish_upload(scan)
+                api.publish_upload(scan)
             SUBMISSIONS.labels(outcome).inc()
             return redirect(url_for("pages.report", scan_id=scan.id), 303)
     else:

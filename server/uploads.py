@@ -257,14 +257,16 @@ def _abandon(out, upload: Upload) -> None:
 
 
 def accept(
-    request: Request, settings: ServerSettings, identify: Callable[[dict[str, str]], tuple[int | None, str]]
+    request: Request,
+    settings: ServerSettings,
+    identify: Callable[[dict[str, str]], tuple[int | None, str]],
+    resolve_model: Callable[[str | None], tuple[str, int]],
 ) -> tuple[Upload, dict]:
     """Receive an upload with its checks: `identify(fields)` authenticates the sender (and charges its rate limit),
-    returning (API key id, the key or address the byte budget counts against); the model field is checked before
-    any file byte is stored. Returns the upload and {api_key_id, model, version} (empty when no file was sent)."""
+    returning (API key id, the key or address the byte budget counts against); `resolve_model(name)` checks the
+    model field, (name, version), before any file byte is stored. Returns the upload and {api_key_id, model,
+    version} (empty when no file was sent)."""
     from flask import current_app
-
-    from server.api import _model
 
     upload = Upload()
     state: dict = {}
@@ -273,7 +275,7 @@ def accept(
         api_key_id, who = identify(fields)
         if settings.upload_daily_mb <= 0:
             raise ApiError(403, "uploads_disabled", "this gateway does not accept uploads; send a URL")
-        model, version = _model(fields.get("model") or None)
+        model, version = resolve_model(fields.get("model") or None)
         state.update(api_key_id=api_key_id, model=model, version=version)
         budget = Budget(current_app.extensions["mesoscan_limiter"].storage, settings, who)
         try:
@@ -367,7 +369,8 @@ def _probe(settings: ServerSettings, path: Path) -> None:
     from scanner.probe import probe_video
 
     try:
-        probe_video(path, current_app.config["MESOSCAN_SCANNER"].max_duration_s)
+        scanner = current_app.config["MESOSCAN_SCANNER"]
+        probe_video(path, scanner.max_duration_s, max_frames=scanner.max_frames, max_pixels=scanner.max_frame_pixels)
     except ScanError as exc:
         # The probe names the file it opened (a random .part name): say "the file" instead.
         message = exc.message.replace(path.name, "the file")
@@ -415,55 +418,6 @@ def _unlink(path: Path) -> bool:
     except FileNotFoundError:
         return False
     return True
-
-
-# --- the API's side ------------------------------------------------------------------------------------------------
-
-
-def create_upload_scan():
-    """`POST /api/v1/scans` with a multipart body: the `file` part (and an optional `model` field) becomes a scan.
-    The key was checked and the submission counted by the rate limiter before the body is read."""
-    from flask import current_app, g, jsonify, request
-
-    from server.api import external_url, scan_json
-    from server.auth import requester
-    from server.metrics import SUBMISSIONS
-
-    settings = current_app.config["MESOSCAN"]
-    upload, state = accept(request, settings, lambda _fields: (g.get("api_key_id"), requester()))
-    if upload.path is None:
-        raise ApiError(
-            400, "invalid_request", f"send the video as a `{FILE_PART}` part with a file name (or JSON with a `url`)"
-        )
-    try:
-        scan, outcome = submit_upload(
-            settings, upload, model=state["model"], version=state["version"], api_key_id=state["api_key_id"]
-        )
-    except ApiError:
-        SUBMISSIONS.labels("rejected").inc()
-        raise
-    if outcome == "created":
-        publish_upload(scan)
-    SUBMISSIONS.labels(outcome).inc()
-    cached = outcome == "cached"
-    response = jsonify(scan_json(scan, cached=cached))
-    if not cached:
-        response.status_code = 202
-        response.headers["Location"] = external_url("api.get_scan", scan_id=scan.id)
-    return response
-
-
-def publish_upload(scan: Scan) -> None:
-    """Send the scan's task; when the broker is down its record and its stored file go (503)."""
-    from flask import current_app
-
-    from server.api import _publish
-
-    try:
-        _publish([scan])
-    except ApiError:
-        remove_stored(current_app.config["MESOSCAN"], scan.id)
-        raise
 
 
 # --- the worker's side ---------------------------------------------------------------------------------------------

@@ -155,10 +155,8 @@ def test_import_graph_has_no_cycles():
     assert _cycles(graph) == KNOWN_CYCLES
 
 
-KNOWN_CYCLES = [["server.api", "server.uploads"]]
-"""Not broken yet (issue 20): uploads reuses the API's scan JSON, and the API hands uploads to it. (The API no longer
-imports the tasks: it publishes through the app's Celery app.) A new cycle fails the test above, and so does this
-one once it is gone (then empty the list)."""
+KNOWN_CYCLES: list[list[str]] = []
+"""None left (issue 20): a new cycle fails the test above."""
 
 
 def test_import_arrows_go_server_scanner_serving():
