@@ -262,10 +262,24 @@ def _with_crop_measurement(command: click.Command) -> click.Command:
     """`command` (serving's `train` or `calibrate`) with the scanner's crop-geometry measurement handed in."""
 
     def callback(**kwargs):
+        from scanner.config import ScannerSettings
         from scanner.geometry import measure_crop_margin
         from serving.training.commands import MEASURE_CROP
 
-        click.get_current_context().meta[MEASURE_CROP] = measure_crop_margin
+        settings = command_settings(ScannerSettings)
+
+        def measure(paths, seed):
+            import numpy as np
+
+            from scanner.blazeface import FaceDetector
+            from serving.quiet import startup_step
+
+            detector = FaceDetector(settings.detector, settings.min_detection_score, settings.blazeface_dir)
+            with startup_step():  # LiteRT makes its interpreter (and logs its delegate) on the first detection
+                detector.detect(np.zeros((detector.spec.input_size,) * 2 + (3,), np.uint8))
+            return measure_crop_margin(paths, seed, detector=detector)
+
+        click.get_current_context().meta[MEASURE_CROP] = measure
         return command.callback(**kwargs)
 
     return click.Command(

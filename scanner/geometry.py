@@ -36,17 +36,11 @@ def crop_ratio(image: np.ndarray, detector) -> float | None:
     return side / max(best.box[2], best.box[3])
 
 
-def measure_crop_margin(paths: list[Path], seed: int = 0, sample: int = SAMPLE, detector=None) -> dict:
-    """The crop geometry of training crops `paths` (a seeded sample of `sample` of them), for the model's JSON."""
+def measure_crop_margin(paths: list[Path], seed: int = 0, sample: int = SAMPLE, *, detector) -> dict:
+    """The crop geometry of training crops `paths` (a seeded sample of `sample` of them), for the model's JSON,
+    measured with the scanner's `detector` (a `FaceDetector` made from the command's settings)."""
     from PIL import Image
 
-    from scanner.config import ScannerSettings
-
-    if detector is None:
-        from scanner.blazeface import FaceDetector
-
-        settings = ScannerSettings()
-        detector = FaceDetector(settings.detector, settings.min_detection_score, settings.blazeface_dir)
     chosen = sorted(paths) if len(paths) <= sample else sorted(random.Random(seed).sample(sorted(paths), sample))  # noqa: S311
     ratios = []
     for path in chosen:

@@ -16,15 +16,16 @@ SAFE_OPEN_OPTIONS = {
 
 
 def decode_limits(max_frames: int | None, max_pixels: int | None, frame_pixels: int | None) -> tuple[int, int, int]:
-    """The decoding limits given, the settings' for those left out."""
-    if None in (max_frames, max_pixels, frame_pixels):
-        from scanner.config import get_settings
+    """The decoding limits given; the documented defaults (`ScannerSettings`' own, never the environment: entry
+    points pass their settings' limits) for those left out."""
+    from scanner.config import ScannerSettings
 
-        settings = get_settings()
-        max_frames = settings.max_frames if max_frames is None else max_frames
-        max_pixels = settings.max_frame_pixels if max_pixels is None else max_pixels
-        frame_pixels = settings.frame_pixels if frame_pixels is None else frame_pixels
-    return max_frames, max_pixels, frame_pixels  # type: ignore[return-value]
+    fields = ScannerSettings.model_fields
+    return (
+        fields["max_frames"].default if max_frames is None else max_frames,
+        fields["max_frame_pixels"].default if max_pixels is None else max_pixels,
+        fields["frame_pixels"].default if frame_pixels is None else frame_pixels,
+    )
 
 
 def open_media(path: str | Path, max_pixels: int | None = None):

@@ -398,9 +398,7 @@ class FaceStream(AbstractContextManager):
         self.frame_times: list[float] = []
         self.skipped = 0
         self.detect_ms = 0.0
-        self._frames = BackgroundFrames(
-            path, settings.frames, settings.keyframes, index, threads=settings.compute_threads
-        )
+        self._frames = BackgroundFrames(path, index, settings)
 
     @property
     def decode_ms(self) -> float:
@@ -444,13 +442,22 @@ class FaceStream(AbstractContextManager):
 class BackgroundFrames(AbstractContextManager, Iterator):
     """Sampled frames decoded by a thread a few frames ahead (bounded queue); leaving the block stops it."""
 
-    def __init__(self, path: Path, count: int, keyframes: bool, index, threads: int | None = None, ahead: int = 4):
+    def __init__(self, path: Path, index, settings: ScannerSettings, ahead: int = 4):
         from scanner.video import sample_frames
 
         self.decode_ms = 0.0
         self._queue: queue.Queue = queue.Queue(maxsize=ahead)
         self._stop = threading.Event()
-        self._frames = sample_frames(path, count, keyframes, index, threads=threads)
+        self._frames = sample_frames(
+            path,
+            settings.frames,
+            settings.keyframes,
+            index,
+            threads=settings.compute_threads,
+            max_frames=settings.max_frames,
+            max_pixels=settings.max_frame_pixels,
+            frame_pixels=settings.frame_pixels,
+        )
         self._thread = threading.Thread(target=self._run, name="decode", daemon=True)
 
     def _run(self) -> None:
