@@ -62,11 +62,11 @@ def cut_square(
 
 
 def crop_face(frame_rgb: np.ndarray, detection: Detection, margin: float = 1.3) -> FaceCrop:
-    """One detected face → the model's input (256×256 RGB uint8, resized by `serving.images.resize_face`)."""
-    from serving.images import resize_face
+    """One detected face → the model's input (256×256 RGB uint8, resized by `serving.images.resize_face_numpy`)."""
+    from serving.images import resize_face_numpy
 
     square, box, angle = cut_square(frame_rgb, detection, margin)
-    return FaceCrop(image=resize_face(square), box=box, angle_deg=angle)
+    return FaceCrop(image=resize_face_numpy(square), box=box, angle_deg=angle)
 
 
 def select_faces(detections: Sequence[Detection], min_face_px: float) -> tuple[list[Detection], int]:

@@ -72,11 +72,12 @@ class Scanner:
     @property
     def predictor(self):
         from serving.errors import ServingError
-        from serving.predictor import get_predictor
+        from serving.predictor import get_predictor, uses_tensorflow
 
         with self._lock:
             if self._predictor is None:
-                limit_threads(self.settings.compute_threads)  # before TensorFlow runs anything here
+                # before TensorFlow (for a model that needs it) runs anything here
+                limit_threads(self.settings.compute_threads, uses_tensorflow(self.spec, self._serving_settings))
                 try:
                     self._predictor = get_predictor(self._model, self._serving_settings)
                 except ServingError as exc:
@@ -375,7 +376,7 @@ class FaceStream(AbstractContextManager):
     Iterating yields, for each sampled frame, its list of (ScoredFace without a score, crops): one 256×256 crop per
     margin of `margins` (a multiple of the detected box side; the first is the model's own). Decoding runs ahead in
     a thread; `frame_times`, `skipped`, `decode_ms` and `detect_ms` describe the work once done. `before_crops()`
-    is called before faces are cropped (the crops are resized with TensorFlow, which one thread imports at a time).
+    is called before faces are cropped (the model is loaded by then).
     """
 
     def __init__(

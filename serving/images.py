@@ -5,11 +5,15 @@ centre-crop to a square, then **antialiased bilinear** resampling (a triangle fi
 downscale, `keras.ops.image.resize(..., antialias=True)`, i.e. `tf.image.resize` on TensorFlow), rounded
 to uint8. Antialiasing matters for faces that are shrunk: plain bilinear aliases the very high-frequency
 detail MesoNet looks at.
+
+The scanner resizes its crops with `resize_face_numpy`, the same method in numpy (TensorFlow's
+`scale_and_translate` weights, so a scan need not import TensorFlow): within one uint8 level of `resize_face`.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from pathlib import Path
 
@@ -19,7 +23,16 @@ from serving.backends.base import check_faces
 from serving.contract import IMAGE_SIZE
 from serving.errors import InvalidInputError
 
-__all__ = ["check_faces", "decode_image", "encode_jpeg", "encode_png", "load_face", "resize_face", "resize_faces"]
+__all__ = [
+    "check_faces",
+    "decode_image",
+    "encode_jpeg",
+    "encode_png",
+    "load_face",
+    "resize_face",
+    "resize_face_numpy",
+    "resize_faces",
+]
 
 RESIZE_METHOD = "centre crop to square, then antialiased bilinear resize to 256×256, rounded to uint8"
 
@@ -42,6 +55,42 @@ def resize_face(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     if image.shape[:2] == (size, size):
         return np.ascontiguousarray(image)
     return np.asarray(_compiled_resize(size)(image))
+
+
+def _square_crop(image: np.ndarray) -> np.ndarray:
+    """The centred square of `image`, cut as `keras.ops.image.resize(crop_to_aspect_ratio=True)` cuts it."""
+    h, w = image.shape[:2]
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    return image[top : top + side, left : left + side]
+
+
+@functools.cache
+def _triangle_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """TensorFlow's `scale_and_translate` weights (kernel `triangle`, antialias) as (indices, weights), both
+    [out_size, span]: output pixel x samples the input at (x + 0.5) / scale, and on downscale the kernel is widened
+    by 1 / scale; each output pixel's `span` input pixels are `indices[x]` (zero weights pad shorter spans)."""
+    scale = out_size / in_size
+    kernel_scale = max(1 / scale, 1.0)
+    centres = (np.arange(out_size) + 0.5) / scale
+    dense = np.maximum(0.0, 1 - np.abs(np.arange(in_size) + 0.5 - centres[:, None]) / kernel_scale)
+    dense /= dense.sum(axis=1, keepdims=True)
+    span = min(2 * math.ceil(kernel_scale) + 1, in_size)
+    starts = np.clip(np.argmax(dense > 0, axis=1), 0, in_size - span)
+    indices = starts[:, None] + np.arange(span)
+    return indices, np.take_along_axis(dense, indices, axis=1).astype(np.float32)
+
+
+def resize_face_numpy(image: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """`resize_face` in numpy: one [H, W, 3] uint8 image → [size, size, 3] uint8, within one level of it."""
+    if image.shape[:2] == (size, size):
+        return np.ascontiguousarray(image)
+    square = _square_crop(np.asarray(image)).astype(np.float32)
+    indices, weights = _triangle_weights(square.shape[1], size)
+    columns = (square[:, indices] * weights[None, :, :, None]).sum(axis=2)  # [H, size, 3]
+    indices, weights = _triangle_weights(square.shape[0], size)
+    resized = (columns[indices] * weights[:, :, None, None]).sum(axis=1)  # [size, size, 3]
+    return np.clip(np.round(resized), 0, 255).astype(np.uint8)
 
 
 @functools.cache

@@ -1,15 +1,22 @@
 """The one prediction interface: uint8 faces in, `fake_probability` out, whatever the backend.
 
-Importing it is cheap: a backend (and TensorFlow, for the embedded one) is imported only when chosen.
+Importing it is cheap: a backend (and TensorFlow, for the embedded one but with Meso-4) is imported only when chosen.
 """
 
 from __future__ import annotations
 
 from serving.backends.base import Predictor
 from serving.config import ServingSettings
-from serving.registry import get_model
+from serving.registry import ModelSpec, get_model
 
-__all__ = ["Predictor", "get_predictor"]
+__all__ = ["Predictor", "get_predictor", "uses_tensorflow"]
+
+
+def uses_tensorflow(spec: ModelSpec, settings: ServingSettings) -> bool:
+    """Whether scoring `spec` on the configured backend runs TensorFlow in this process."""
+    from serving.backends.embedded import runs_in_numpy
+
+    return settings.model_backend == "embedded" and not runs_in_numpy(spec)
 
 
 def get_predictor(model: str | None, settings: ServingSettings) -> Predictor:

@@ -10,6 +10,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from tests.conftest import VIDEOS_DIR, require_shared
+
 REPO = Path(__file__).resolve().parents[1]
 HEAVY = ("tensorflow", "keras")
 
@@ -70,18 +72,39 @@ def test_remote_predictors_import_no_tensorflow(tmp_path):
     assert loaded == []
 
 
-def test_embedded_predictor_does_load_tensorflow(tmp_path):
-    """The check above can see TensorFlow: the embedded backend does load it."""
+def test_embedded_predictor_does_load_tensorflow_for_mesoinception(tmp_path):
+    """The check above can see TensorFlow: the embedded backend loads it for models other than Meso-4."""
     loaded = _loaded_in_fresh_process(
         """
         from serving.config import ServingSettings
         from serving.predictor import get_predictor
 
-        get_predictor(None, ServingSettings(model_backend="embedded")).close()
+        get_predictor("mesoinception4_dfdc", ServingSettings(model_backend="embedded")).close()
     """,
         tmp_path,
     )
     assert "tensorflow" in loaded and "keras" in loaded
+
+
+def test_a_scan_with_the_default_model_imports_no_tensorflow(tmp_path):
+    """`mesoscan scan` with Meso-4 (the default, meso4_dfdc) scores in numpy and resizes crops in numpy."""
+    clip = require_shared(VIDEOS_DIR / "ffpp_519_515_DF.mp4")
+    loaded = _loaded_in_fresh_process(
+        f"""
+        import contextlib, io, json, sys
+        from serving.cli import main
+
+        sys.argv = ["mesoscan", "scan", {str(clip)!r}, "--frames", "8", "--json"]
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+            main()
+        document = json.loads(out.getvalue())
+        assert document["status"] == "done" and document["model"]["name"] == "meso4_dfdc", document
+        assert document["faces_analyzed"] > 0, document
+    """,
+        tmp_path,
+    )
+    assert loaded == []
 
 
 PACKAGES = ("serving", "scanner", "server")

@@ -8,7 +8,7 @@ import pytest
 from serving import mesonet
 from serving.config import ServingSettings
 from serving.errors import InvalidInputError, UnknownModelError
-from serving.images import check_faces, encode_jpeg, load_face, resize_face
+from serving.images import check_faces, encode_jpeg, load_face, resize_face, resize_face_numpy
 from serving.predictor import get_predictor
 from tests.conftest import MESONET_DIR, require_shared
 
@@ -70,7 +70,8 @@ def test_any_number_of_faces_is_split_into_batches(sample_faces, monkeypatch):
 
 
 def test_embedded_backend_never_uses_model_predict(monkeypatch):
-    with get_predictor("meso4_df", ServingSettings()) as predictor:
+    """On TensorFlow (every model but Meso-4, which runs in numpy: tests/test_meso4_numpy.py)."""
+    with get_predictor("mesoinception4_df", ServingSettings()) as predictor:
         monkeypatch.setattr(predictor.model, "predict", lambda *a, **k: pytest.fail("model.predict was called"))
         assert predictor.predict(np.zeros((3, 256, 256, 3), np.uint8)).shape == (3,)
 
@@ -81,7 +82,7 @@ def test_many_embedded_predictors_in_one_process_trace_without_a_retracing_warni
     settings = ServingSettings()
     with caplog.at_level("WARNING", logger="tensorflow"):
         for _ in range(6):
-            with get_predictor("meso4_df", settings) as predictor:
+            with get_predictor("mesoinception4_df", settings) as predictor:
                 predictor.predict(df[:1])
     assert not [r for r in caplog.records if "retracing" in r.getMessage()]
 
@@ -91,25 +92,44 @@ def test_unknown_model_names_the_known_ones():
         get_predictor("meso5", ServingSettings())
 
 
-def test_resize_is_antialiased():
+@pytest.mark.parametrize("resize", [resize_face, resize_face_numpy])
+def test_resize_is_antialiased(resize):
     """A 1-pixel checkerboard shrunk 4× must come out flat grey; plain bilinear would alias it."""
     board = (np.indices((1024, 1024)).sum(axis=0) % 2 * 255).astype(np.uint8)
-    out = resize_face(np.repeat(board[..., None], 3, axis=2))
+    out = resize(np.repeat(board[..., None], 3, axis=2))
     assert out.shape == (256, 256, 3) and out.dtype == np.uint8
     assert abs(float(out.mean()) - 127.5) < 2 and out.std() < 2
 
 
-def test_resize_centre_crops_to_a_square_first():
+@pytest.mark.parametrize("resize", [resize_face, resize_face_numpy])
+def test_resize_centre_crops_to_a_square_first(resize):
     image = np.zeros((100, 300, 3), np.uint8)
     image[:, 100:200] = (0, 255, 0)  # the centre square is green, the sides red
     image[:, :100] = image[:, 200:] = (255, 0, 0)
-    out = resize_face(image)
+    out = resize(image)
     assert (out[..., 1] == 255).all() and (out[..., 0] == 0).all()
 
 
-def test_square_face_at_model_size_is_untouched():
+@pytest.mark.parametrize("resize", [resize_face, resize_face_numpy])
+def test_square_face_at_model_size_is_untouched(resize):
     face = np.random.default_rng(1).integers(0, 256, (256, 256, 3), dtype=np.uint8)
-    assert np.array_equal(resize_face(face), face)
+    assert np.array_equal(resize(face), face)
+
+
+def test_numpy_resize_is_within_one_level_of_tensorflows():
+    """The scanner's numpy resize against `keras.ops.image.resize`, over random sizes up and down, noise and smooth."""
+    rng = np.random.default_rng(4)
+    sizes = [(1, 1), (2, 3), (255, 255), (257, 257), (512, 512), (1024, 700)]
+    sizes += [tuple(int(v) for v in rng.integers(1, 800, 2)) for _ in range(60)]
+    diffs = []
+    for i, (h, w) in enumerate(sizes):
+        if i % 2:
+            image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        else:
+            image = np.clip(np.cumsum(rng.normal(0, 4, (h, w, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+        diffs.append(np.abs(resize_face_numpy(image).astype(int) - resize_face(image)))
+    assert max(d.max() for d in diffs) <= 1
+    assert np.mean([d.mean() for d in diffs]) < 1e-3  # off by one only where TensorFlow's float32 rounds the other way
 
 
 def test_load_face_decodes_like_the_jpeg_signature(tmp_path):

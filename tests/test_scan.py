@@ -261,10 +261,12 @@ def test_ctrl_c_during_download_leaves_no_temp_files(server, tmp_path):
     assert list(staging.iterdir()) == []
 
 
-def test_compute_threads_caps_tensorflow_and_opencv(tmp_path):
-    """MESOSCAN_COMPUTE_THREADS=1 (the worker setting): one thread each for TensorFlow's pools and OpenCV."""
+def test_compute_threads_caps_tensorflow_blas_and_opencv(tmp_path):
+    """MESOSCAN_COMPUTE_THREADS=1 (the worker setting): one thread each for TensorFlow's pools (imported here, so capped
+    although Meso-4 runs in numpy), numpy's BLAS and OpenCV."""
     code = (
         "import cv2, tensorflow as tf\n"
+        "from threadpoolctl import threadpool_info\n"
         "from scanner.config import ScannerSettings\n"
         "from scanner.pipeline import Scanner\n"
         "from serving.config import ServingSettings\n"
@@ -272,9 +274,10 @@ def test_compute_threads_caps_tensorflow_and_opencv(tmp_path):
         f"doc = scanner.scan_file({str(require_shared(VIDEOS_DIR / CLIP))!r})\n"
         "assert doc['status'] == 'done', doc['error']\n"
         "print(tf.config.threading.get_intra_op_parallelism_threads(),"
-        " tf.config.threading.get_inter_op_parallelism_threads(), cv2.getNumThreads())\n"
+        " tf.config.threading.get_inter_op_parallelism_threads(), cv2.getNumThreads(),"
+        " {p['num_threads'] for p in threadpool_info() if p['user_api'] == 'blas'})\n"
     )
     env = {**os.environ, "MESOSCAN_COMPUTE_THREADS": "1", "MESOSCAN_FRAMES": "4"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["1", "1", "1"]
+    assert result.stdout.split() == ["1", "1", "1", "{1}"]

@@ -40,8 +40,7 @@ def test_first_scan_loads_the_model_in_a_thread_and_times_it_apart(cores, loader
     assert cold["status"] == warm["status"] == "done", cold["error"]
     assert loaded_in == [loader]
     assert set(cold["timings_ms"]) == {"fetch", "model_load", "decode", "detect", "classify", "total"}
-    # (how long the load takes depends on whether this process imported TensorFlow before: not compared with fetch)
-    assert 0 < cold["timings_ms"]["model_load"] < cold["timings_ms"]["total"]
+    assert 0 < cold["timings_ms"]["model_load"] < cold["timings_ms"]["total"]  # numpy Meso-4 may load before a fetch
     assert set(warm["timings_ms"]) == {"fetch", "decode", "detect", "classify", "total"}  # loaded already
     assert cold["model"] == warm["model"] == {"name": "meso4_df", "version": 1, "backend": "embedded"}
     assert cold["verdict"] == warm["verdict"]

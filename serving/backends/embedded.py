@@ -1,4 +1,5 @@
-"""In-process scoring with a compiled `tf.function` (not `model.predict`, which costs 40–60 ms a call)."""
+"""In-process scoring: Meso-4 in numpy (`serving.meso4_numpy`, no TensorFlow to import), every other model with a
+compiled `tf.function` (not `model.predict`, which costs 40–60 ms a call)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 from serving.backends.base import Predictor
 from serving.config import ServingSettings
 from serving.contract import IMAGE_SIZE
-from serving.registry import ModelSpec, load_keras_model
+from serving.registry import ModelSpec, ensure_weights, load_keras_model
 
 
 class _Inference:
@@ -21,13 +22,23 @@ class _Inference:
         return self.model(images, training=False)
 
 
+def runs_in_numpy(spec: ModelSpec) -> bool:
+    """Whether the embedded backend scores `spec` without TensorFlow (single Meso-4 models)."""
+    return spec.arch == "meso4" and not spec.is_ensemble
+
+
 class EmbeddedPredictor(Predictor):
     backend = "embedded"
 
     def __init__(self, spec: ModelSpec, settings: ServingSettings):
+        super().__init__(spec, settings)
+        if runs_in_numpy(spec):
+            from serving.meso4_numpy import Meso4
+
+            self.model = self._score = Meso4(ensure_weights(spec, settings), spec.output, spec.calibration)
+            return
         import tensorflow as tf
 
-        super().__init__(spec, settings)
         self.model = load_keras_model(spec, settings)
         self._score = tf.function(
             _Inference(self.model),
@@ -36,7 +47,7 @@ class EmbeddedPredictor(Predictor):
         )
 
     def _predict_batch(self, faces: np.ndarray) -> np.ndarray:
-        return self._score(faces).numpy()
+        return np.asarray(self._score(faces))
 
     def close(self) -> None:
         self.model = self._score = None
