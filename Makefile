@@ -55,6 +55,9 @@ TRAIN_DATA ?= ../shared/data/crops
 TRAIN_CPUS ?= 1
 # Sized to finish within one working session on one core (~6 min an epoch on 27k crops); checkpoints resume it.
 TRAIN_EPOCHS ?= 16
+# Which shipped model: `make train TRAIN_ARCH=mesoinception4 TRAIN_NAME=mesoinception4_dfdc` for the other one.
+TRAIN_ARCH ?= meso4
+TRAIN_NAME ?= meso4_dfdc
 TRAIN_LOG ?= $(HOME)/.cache/mesoscan/train.log
 TRAIN_RECIPE := --schedule cosine --lr 1e-3 --warmup-epochs 1 --patience 1000 \
   --jpeg-prob 0.2 --blur-prob 0.1 --downscale-prob 0.2 --out serving/weights
@@ -64,8 +67,8 @@ train: setup
 	  echo "already running (see $(TRAIN_LOG))"; \
 	else threads=$$(echo $(TRAIN_CPUS) | tr , '\n' | wc -l); \
 	  TF_NUM_INTRAOP_THREADS=$$threads TF_NUM_INTEROP_THREADS=1 MESOSCAN_COMPUTE_THREADS=$$threads \
-	  nohup nice -n 19 taskset -c $(TRAIN_CPUS) $(BIN)/mesoscan train --data $(TRAIN_DATA) --arch meso4 \
-	    --name meso4_dfdc --epochs $(TRAIN_EPOCHS) $(TRAIN_RECIPE) >>$(TRAIN_LOG) 2>&1 </dev/null & echo $$! >$(TRAIN_LOG).pid; \
+	  nohup nice -n 19 taskset -c $(TRAIN_CPUS) $(BIN)/mesoscan train --data $(TRAIN_DATA) --arch $(TRAIN_ARCH) \
+	    --name $(TRAIN_NAME) --epochs $(TRAIN_EPOCHS) $(TRAIN_RECIPE) >>$(TRAIN_LOG) 2>&1 </dev/null & echo $$! >$(TRAIN_LOG).pid; \
 	  echo "training in the background: tail -f $(TRAIN_LOG)"; fi
 
 train-status:
