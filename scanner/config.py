@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from serving.config import PREFIX, load
+from serving.config import PREFIX
 
 
 class ScannerSettings(BaseSettings):
@@ -71,9 +71,3 @@ class ScannerSettings(BaseSettings):
     """Override: scores within this distance of the model's threshold are labelled `uncertain`. Unset (the
     default), each model's own band (chosen on its validation split) applies, 0.1 for models without one."""
     top_faces: int = Field(default=6, ge=0, le=64)
-
-
-def get_settings() -> ScannerSettings:
-    """The pipeline's settings from the environment, checked. For code whose entry point does not hand it its
-    settings yet; an entry point calls `load` once and passes the result down."""
-    return load(ScannerSettings)
