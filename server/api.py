@@ -282,18 +282,16 @@ def publish_upload(scan: Scan) -> None:
         raise
 
 
-@bp.post("/scans")
-def create_scan():
-    if request.mimetype == "multipart/form-data":
-        return create_upload_scan()
-    body = _body(ScanRequest)
+def submit_url(raw_url: str, page_url: str | None, model_name: str | None, api_key_id: int | None) -> jobs.Submission:
+    """One video URL becomes a scan, or the answer of an earlier one for the same URL and model: checked, recorded,
+    its task sent, counted (the API's `POST /scans` and the web page's form)."""
     try:
-        url = check_video_url(body.url)
+        url = check_video_url(raw_url)
     except ScanError as exc:
         SUBMISSIONS.labels("rejected").inc()
         raise ApiError(400, exc.code, exc.message) from None
-    page_url = _check_page_url(body.page_url)
-    model, version = _model(body.model)
+    page_url = _check_page_url(page_url)
+    model, version = _model(model_name)
     settings = _settings()
     with session_scope(settings.database_url) as session:
         submission = jobs.submit(
@@ -302,12 +300,21 @@ def create_scan():
             page_url=page_url,
             model=model,
             version=version,
-            api_key_id=g.get("api_key_id"),
+            api_key_id=api_key_id,
             cache_ttl_s=settings.cache_ttl_s,
         )
     if submission.outcome == "created":
         _publish([submission.scan])
     SUBMISSIONS.labels(submission.outcome).inc()
+    return submission
+
+
+@bp.post("/scans")
+def create_scan():
+    if request.mimetype == "multipart/form-data":
+        return create_upload_scan()
+    body = _body(ScanRequest)
+    submission = submit_url(body.url, body.page_url, body.model, g.get("api_key_id"))
     cached = submission.outcome == "cached"
     response = jsonify(
         scan_json(submission.scan, cached=cached, page_url=submission.page_url, page_token=submission.page_token)

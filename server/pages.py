@@ -205,9 +205,7 @@ def _identify(fields: dict[str, str]) -> tuple[int | None, str]:
 def _submit_form():
     from flask import g, redirect, request, url_for
 
-    from scanner.errors import ScanError
-    from server import api, jobs, uploads
-    from server.db import session_scope
+    from server import api, uploads
     from server.metrics import SUBMISSIONS
 
     settings = current_app.config["MESOSCAN"]
@@ -229,25 +227,7 @@ def _submit_form():
     if not url:
         raise ApiError(400, "invalid_request", "paste a video link or choose a video file")
     api_key_id, _who = _identify(fields)
-    try:
-        url = api.check_video_url(url)
-    except ScanError as exc:
-        SUBMISSIONS.labels("rejected").inc()
-        raise ApiError(400, exc.code, exc.message) from None
-    model, version = api._model(fields.get("model") or None)
-    with session_scope(settings.database_url) as session:
-        submission = jobs.submit(
-            session,
-            url=url,
-            page_url=None,
-            model=model,
-            version=version,
-            api_key_id=api_key_id,
-            cache_ttl_s=settings.cache_ttl_s,
-        )
-    if submission.outcome == "created":
-        api._publish([submission.scan])
-    SUBMISSIONS.labels(submission.outcome).inc()
+    submission = api.submit_url(url, None, fields.get("model") or None, api_key_id)
     return redirect(url_for("pages.report", scan_id=submission.scan.id), 303)
 
 
