@@ -130,22 +130,21 @@ def choose_band(labels: np.ndarray, scores: np.ndarray, threshold: float, target
         if 1 - out["uncertain"]["share"] < MIN_DECIDED:
             break
         if None not in precisions and worse >= target:
-            return {
-                "band": band,
-                "target": target,
-                "target_met": True,
-                "rule": BAND_RULE.format(target=target),
-                "validation": out,
-            }
+            return _band_choice(band, target, True, out)
         if best is None or worse > best[0] + 1e-9:
             best = (worse, band, out)
     worse, band, out = best if best is not None else (0.0, 0.0, label_outcomes(labels, scores, threshold, 0.0))
+    return _band_choice(band, target, False, out)
+
+
+def _band_choice(band: float, target: float, met: bool, outcomes: dict) -> dict:
+    """The JSON field `band` of a model: the band, the rule that chose it and how the labels fared on validation."""
     return {
         "band": band,
         "target": target,
-        "target_met": False,
+        "target_met": met,
         "rule": BAND_RULE.format(target=target),
-        "validation": out,
+        "validation": outcomes,
     }
 
 
