@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from scanner.verdict import validate
-from tests.support.server_stack import Service, free_port, wait_for
+from tests.support.server_stack import free_port
 
 MESOSCAN = str(Path(sys.executable).with_name("mesoscan"))
 
@@ -37,43 +37,20 @@ def read_jsonl(path: Path) -> list[dict]:
 @pytest.fixture
 def dev_gateway(tmp_path):
     """`mesoscan serve --dev` with a batch limit of 2 and one submission a second (so chunks meet a 429)."""
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
-    }
-    env.update(
-        {
-            "MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
-            "MESOSCAN_FRAMES": "8",
-            "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]',
-            "MESOSCAN_MAX_BATCH_URLS": "2",
-            "MESOSCAN_RATE_LIMIT": "1/second",
-            "MESOSCAN_READ_RATE_LIMIT": "100000/minute",
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-    )
-    service = Service(
-        "dev gateway",
-        [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)],
-        env,
-        tmp_path / "dev.log",
+    from tests.support.extension import DevGateway
+
+    dev = DevGateway(
+        tmp_path,
+        ["127.0.0.1"],
+        MESOSCAN_FRAMES="8",
+        MESOSCAN_MAX_BATCH_URLS="2",
+        MESOSCAN_RATE_LIMIT="1/second",
+        MESOSCAN_READ_RATE_LIMIT="100000/minute",
     ).start()
-    base = f"http://127.0.0.1:{port}"
-
-    def up() -> bool:
-        service.check_alive()
-        try:
-            return requests.get(f"{base}/healthz", timeout=1).ok
-        except requests.RequestException:
-            return False
-
     try:
-        wait_for(up, 90, interval=0.2, what="the dev gateway")
-        yield base, service
+        yield dev.base, dev.service
     finally:
-        service.stop()
+        dev.service.stop()
 
 
 def test_through_a_dev_gateway(dev_gateway, server, tmp_path):

@@ -4,8 +4,6 @@ and `serve --dev` (gateway plus in-process worker on SQLite) scanning a shared c
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 import pytest
@@ -79,41 +77,14 @@ def test_open_mode_only_on_loopback(sqlite_env, monkeypatch, args):
 @pytest.mark.slow
 def test_dev_mode_scans_a_clip(tmp_path):
     from tests.conftest import VIDEOS_DIR, require_shared
+    from tests.support.extension import DevGateway
     from tests.support.media_server import MediaServer
-    from tests.support.server_stack import Service, free_port, wait_for
 
-    port = free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("MESOSCAN_") or k in ("MESOSCAN_MODELS_DIR", "MESOSCAN_MODELS_MIRROR")
-    }
-    env.update(
-        {
-            "MESOSCAN_DATABASE_URL": f"sqlite:///{tmp_path / 'dev.db'}",
-            "MESOSCAN_FRAMES": "8",
-            "MESOSCAN_NETWORK_ALLOWLIST": '["127.0.0.1"]',
-            "TF_CPP_MIN_LOG_LEVEL": "2",
-        }
-    )
-    server = Service(
-        "dev server",
-        [sys.executable, "-m", "server.cli", "serve", "--dev", "--port", str(port)],
-        env,
-        tmp_path / "dev.log",
-    ).start()
-    base = f"http://127.0.0.1:{port}"
     media = MediaServer(files={"ffpp_004.mp4": require_shared(VIDEOS_DIR) / "ffpp_004.mp4"}).start()
+    dev = DevGateway(tmp_path, ["127.0.0.1"], MESOSCAN_FRAMES="8")
+    server, base = dev.service, dev.base
     try:
-
-        def up():
-            server.check_alive()
-            try:
-                return requests.get(f"{base}/healthz", timeout=1).ok
-            except requests.RequestException:
-                return False
-
-        wait_for(up, 60, interval=0.2, what="the dev server")
+        dev.start()
         ready = requests.get(f"{base}/readyz", timeout=10).json()
         assert ready["status"] == "ready" and "development" in ready["checks"]["broker"]["detail"]
         r = requests.post(f"{base}/api/v1/scans", json={"url": media.url("/files/ffpp_004.mp4")}, timeout=10)
