@@ -65,7 +65,7 @@ def _square_crop(image: np.ndarray) -> np.ndarray:
     return image[top : top + side, left : left + side]
 
 
-@functools.cache
+@functools.lru_cache(maxsize=512)  # one entry per crop side seen: bounded for a long-running worker
 def _triangle_weights(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
     """TensorFlow's `scale_and_translate` weights (kernel `triangle`, antialias) as (indices, weights), both
     [out_size, span]: output pixel x samples the input at (x + 0.5) / scale, and on downscale the kernel is widened
