@@ -56,6 +56,15 @@ def save(path: Path, model, state: LoopState, best_weights: list[np.ndarray] | N
         np.savez(f, **arrays)
 
 
+def discard_partial(path: Path) -> list[Path]:
+    """Remove what a process killed while writing `path` left: `atomic_writer`'s temp files beside it (a kill -9 can
+    clean up nothing itself). Returns what was removed."""
+    partial = sorted(path.parent.glob(f".{path.name}.*.tmp"))
+    for leftover in partial:
+        leftover.unlink(missing_ok=True)
+    return partial
+
+
 def restore(path: Path, model) -> Checkpoint:
     """Load `path` into `model` (compiled, its optimizer built) and return the loop state and best weights."""
     with np.load(path) as data:

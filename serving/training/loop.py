@@ -108,6 +108,7 @@ def fit(
     """Train `model` (compiled) from the run folder's checkpoint, if any, to `config.epochs` or early stopping,
     checkpointing every epoch. Returns the final state; `stop_after` ends this call after that many epochs."""
     path = run_dir / "checkpoint.npz"
+    checkpoint.discard_partial(path)
     model.optimizer.build(model.trainable_variables)
     if path.is_file():
         ckpt = checkpoint.restore(path, model)
