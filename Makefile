@@ -59,8 +59,12 @@ TRAIN_EPOCHS ?= 16
 TRAIN_ARCH ?= meso4
 TRAIN_NAME ?= meso4_dfdc
 TRAIN_LOG ?= $(HOME)/.cache/mesoscan/train.log
-TRAIN_RECIPE := --schedule cosine --lr 1e-3 --warmup-epochs 1 --patience 1000 \
-  --jpeg-prob 0.2 --blur-prob 0.1 --downscale-prob 0.2 --out serving/weights
+# A machine does not outlive a session, nor do checkpoints: TRAIN_INIT=meso4_dfdc goes on from the shipped weights
+# in a new run (e.g. TRAIN_LR=5e-4 for its restart), and the card counts every epoch.
+TRAIN_LR ?= 1e-3
+TRAIN_INIT ?=
+TRAIN_RECIPE := --schedule cosine --lr $(TRAIN_LR) --warmup-epochs 1 --patience 1000 \
+  --jpeg-prob 0.2 --blur-prob 0.1 --downscale-prob 0.2 --out serving/weights $(if $(TRAIN_INIT),--init-from $(TRAIN_INIT))
 train: setup
 	@mkdir -p $(dir $(TRAIN_LOG))
 	@if [ -f $(TRAIN_LOG).pid ] && kill -0 $$(cat $(TRAIN_LOG).pid) 2>/dev/null; then \

@@ -97,6 +97,7 @@ def _recipe(meta: dict) -> list[str]:
         f"- Epochs: {training.get('epochs_run')} run of at most {cfg.get('epochs')} "
         f"({training.get('steps_per_epoch')} steps each), best epoch {best} by validation ROC AUC, "
         f"early stopping patience {cfg.get('patience')}",
+        *_start_lines(training),
         f"- Batch {cfg.get('batch_size')}, Adam, learning rate {cfg.get('learning_rate')}, {schedule}",
         f"- Augmentation: {', '.join(aug) or 'none'}",
         f"- Class weights: {cfg.get('class_weight')}; bfloat16 mixed precision: "
@@ -105,6 +106,27 @@ def _recipe(meta: dict) -> list[str]:
         _training_time(training),
         "",
     ]
+
+
+def _start_lines(training: dict) -> list[str]:
+    """Where a run that went on from another model's weights (`--init-from`) started, back to random weights."""
+    start = training.get("init_from")
+    if not start:
+        return []
+    total = training.get("epochs_total")
+    lines = [
+        f"- Started from the weights of {start['name']} v{start['version']} (sha256 {start['sha256'][:12]}…), "
+        + (
+            f"{start['epochs']} epochs before this run: {total} epochs in all"
+            if start.get("epochs") is not None
+            else "the authors' 2018 weights (their epochs unknown)"
+        )
+    ]
+    while start:
+        if start.get("command"):
+            lines.append(f"  - {start['name']} v{start['version']}: `{start['command']}`")
+        start = start.get("init_from")
+    return lines
 
 
 def _training_time(training: dict) -> str:

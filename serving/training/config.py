@@ -175,6 +175,16 @@ class TrainConfig:
             metavar="FIRST-LAST",
         ),
     )
+    init_from: str | None = field(
+        default=None,
+        metadata=setting(
+            "--init-from",
+            "Start from this registered model's weights (same architecture and validation split): more epochs for a "
+            "model whose run has ended, as a new run.",
+            record="set",
+            metavar="MODEL",
+        ),
+    )
     data_description: str = field(
         default=DFDC_DATA,
         metadata=setting(

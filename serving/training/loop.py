@@ -104,9 +104,12 @@ def fit(
     run_dir: Path,
     progress: bool = True,
     stop_after: int | None = None,
+    draw_offset: int = 0,
 ) -> checkpoint.Checkpoint:
     """Train `model` (compiled) from the run folder's checkpoint, if any, to `config.epochs` or early stopping,
-    checkpointing every epoch. Returns the final state; `stop_after` ends this call after that many epochs."""
+    checkpointing every epoch. Returns the final state; `stop_after` ends this call after that many epochs.
+    Epoch `e` draws its order and augmentation as epoch `e + draw_offset`: a run that goes on from another's
+    weights (`--init-from`) draws what that one's later epochs would have, not its first epochs again."""
     path = run_dir / "checkpoint.npz"
     checkpoint.discard_partial(path)
     model.optimizer.build(model.trainable_variables)
@@ -128,7 +131,7 @@ def fit(
         config.augment,
         config.seed,
         config.class_weight,
-        range(first, config.epochs),
+        range(first + draw_offset, config.epochs + draw_offset),
     )
     checkpointer = Checkpointer(path, ckpt, config.patience, stop_after)
     model.fit(

@@ -43,6 +43,7 @@ def train(
     from serving import mesonet
     from serving.training.loop import compiled_model, fit
     from serving.training.pipeline import predict_faces
+    from serving.training.warmstart import warm_start
 
     out_dir = Path(out_dir) if out_dir else default_out_dir(settings)
     started = dt.datetime.now(dt.UTC)
@@ -57,7 +58,9 @@ def train(
     model = compiled_model(config, steps_per_epoch)
     folder = run_dir(config, settings)
     folder.mkdir(parents=True, exist_ok=True)
-    ckpt = fit(model, data, config, steps_per_epoch, folder, progress, stop_after)
+    start = warm_start(model, config, data, folder, settings)
+    earlier = (start or {}).get("epochs") or 0
+    ckpt = fit(model, data, config, steps_per_epoch, folder, progress, stop_after, draw_offset=earlier)
     if ckpt.state.epochs_done < config.epochs and ckpt.state.wait < config.patience:
         return None  # stopped on request: the run folder keeps the checkpoint
     if ckpt.best_weights is None:
@@ -95,6 +98,7 @@ def train(
             "invocation": invocation,
             "steps_per_epoch": steps_per_epoch,
             "epochs_run": len(history),
+            **({"init_from": start, "epochs_total": earlier + len(history)} if start else {}),
             "started": started.isoformat(timespec="seconds"),
             "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "versions": versions(),
