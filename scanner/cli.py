@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from serving.cli import command_settings
+from serving.cli import command_settings, degrade_option, rows_option
 
 SPARKS = "▁▂▃▄▅▆▇█"
 URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -218,6 +218,8 @@ def extract_faces(
 )
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Crops: average each score with that of the horizontally flipped crop.")
+@rows_option
+@degrade_option
 @click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video.")
 @click.option(
     "--out",
@@ -233,6 +235,8 @@ def evaluate(
     split: str | None,
     model_names: str | None,
     tta: bool,
+    rows: tuple[int, int] | None,
+    degradation: tuple,
     frames: int | None,
     out_dir: Path | None,
 ) -> None:
@@ -243,8 +247,19 @@ def evaluate(
     if not is_video_folder(data_dir):
         from serving.cli import evaluate as evaluate_crops
 
-        ctx.invoke(evaluate_crops, data_dir=data_dir, split=split, model_names=model_names, tta=tta, out_dir=out_dir)
+        ctx.invoke(
+            evaluate_crops,
+            data_dir=data_dir,
+            split=split,
+            model_names=model_names,
+            tta=tta,
+            out_dir=out_dir,
+            rows=rows,
+            degradation=degradation,
+        )
         return
+    if rows or degradation:
+        raise click.UsageError("--rows and --degrade are for face crops; a videos folder is scanned as it is")
     from scanner.config import ScannerSettings
     from scanner.videoset import evaluate_videos, format_video_table
     from serving.config import ServingSettings

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from serving import degrade
 from serving.errors import InvalidInputError
 
 _RGB_TO_YIQ = ((0.299, 0.587, 0.114), (0.595716, -0.274453, -0.321263), (0.211456, -0.522591, 0.311135))
@@ -129,18 +130,12 @@ def _augment_one(x: np.ndarray, c: AugmentConfig, rng: np.random.Generator, cv2)
         shift = (2 * offset - 1) * c.brightness * 255
         x = cv2.transform(x, np.hstack([rotation, np.full((3, 1), shift)]))  # uint8 out, saturated
     if c.blur_prob > 0 and blur_u < c.blur_prob:
-        s = c.blur_sigma[0] + sigma * (c.blur_sigma[1] - c.blur_sigma[0])
-        x = cv2.GaussianBlur(x, (0, 0), s, borderType=cv2.BORDER_REFLECT_101)
+        x = degrade.blur(x, c.blur_sigma[0] + sigma * (c.blur_sigma[1] - c.blur_sigma[0]))
     if c.downscale_prob > 0 and down_u < c.downscale_prob:
-        f = c.downscale_factor[0] + factor * (c.downscale_factor[1] - c.downscale_factor[0])
-        small = (max(1, round(width * f)), max(1, round(height * f)))
-        x = cv2.resize(
-            cv2.resize(x, small, interpolation=cv2.INTER_AREA), (width, height), interpolation=cv2.INTER_LINEAR
-        )
+        x = degrade.downscale(x, c.downscale_factor[0] + factor * (c.downscale_factor[1] - c.downscale_factor[0]))
     if c.jpeg_prob > 0 and jpeg_u < c.jpeg_prob:
         q = int(c.jpeg_quality[0] + quality * (c.jpeg_quality[1] - c.jpeg_quality[0] + 1))
-        _, data = cv2.imencode(".jpg", x[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, min(q, c.jpeg_quality[1])])
-        x = cv2.imdecode(data, cv2.IMREAD_COLOR)[..., ::-1]
+        x = degrade.jpeg(x, min(q, c.jpeg_quality[1]))
     return x
 
 

@@ -303,6 +303,53 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
 # --- evaluate ---------------------------------------------------------------------------------------------
 
 
+def parse_range(kind: type):
+    """A click callback parsing `LO-HI` (or one number) into a (lo, hi) tuple of `kind`."""
+
+    def parse(ctx: click.Context, param: click.Parameter, value: str | None):
+        if value is None:
+            return None
+        lo, _, hi = value.partition("-")
+        try:
+            bounds = (kind(lo), kind(hi or lo))
+        except ValueError:
+            raise click.BadParameter(f"expected LO-HI, e.g. 30-90, got {value!r}") from None
+        if bounds[0] > bounds[1]:
+            raise click.BadParameter(f"{value!r}: LO is above HI")
+        return bounds
+
+    return parse
+
+
+def _parse_degradation(ctx: click.Context, param: click.Parameter, value: str | None):
+    from serving.degrade import parse_chain
+    from serving.errors import InvalidInputError
+
+    try:
+        return parse_chain(value) if value else ()
+    except InvalidInputError as e:
+        raise click.BadParameter(str(e).removeprefix(f"--degrade {value!r}: ")) from None
+
+
+rows_option = click.option(
+    "--rows",
+    default=None,
+    callback=parse_range(int),
+    metavar="FIRST-LAST",
+    help="Crops: only these data rows of labels.csv (1-based, inclusive), e.g. 16101-30250 for the crops added "
+    "after a model was trained.",
+)
+degrade_option = click.option(
+    "--degrade",
+    "degradation",
+    default=None,
+    callback=_parse_degradation,
+    metavar="STEPS",
+    help="Crops: put every crop through these steps first, in order, as the web does to video: blur:SIGMA, "
+    "downscale:FRACTION (and back up), jpeg:QUALITY; e.g. downscale:0.5,jpeg:40.",
+)
+
+
 @click.command()
 @click.option(
     "--data",
@@ -315,10 +362,12 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
     "--split",
     default=None,
     help="Only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation split "
-    "the trained models recorded (other models are scored on it too).",
+    "the first trained model recorded (other models are scored on it too, if they never trained on its crops).",
 )
 @click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
 @click.option("--tta", is_flag=True, help="Average each crop's score with that of the horizontally flipped crop.")
+@rows_option
+@degrade_option
 @click.option(
     "--out",
     "out_dir",
@@ -326,14 +375,31 @@ def predict(images: tuple[Path, ...], model_name: str | None, as_json: bool) -> 
     default=None,
     help="Write metrics.json, scores.csv, roc.png and hist_<model>.png into this directory.",
 )
-def evaluate(data_dir: Path, split: str | None, model_names: str | None, tta: bool, out_dir: Path | None) -> None:
+def evaluate(
+    data_dir: Path,
+    split: str | None,
+    model_names: str | None,
+    tta: bool,
+    out_dir: Path | None,
+    rows: tuple[int, int] | None = None,
+    degradation: tuple = (),
+) -> None:
     """Crop-level ROC AUC, equal error rate, accuracy and confusion counts of one or more models, side by side."""
     from serving.config import ServingSettings
     from serving.evaluate import evaluate_crops, format_table
 
     settings = command_settings(ServingSettings)
     names = [n.strip() for n in (model_names or settings.model).split(",") if n.strip()]
-    metrics = evaluate_crops(data_dir, names, split=split, settings=settings, tta=tta, out_dir=out_dir)
+    metrics = evaluate_crops(
+        data_dir,
+        names,
+        split=split,
+        settings=settings,
+        tta=tta,
+        out_dir=out_dir,
+        rows=rows,
+        degradation=degradation,
+    )
     click.echo(format_table(metrics))
     if out_dir:
         click.echo(f"report: {out_dir}")

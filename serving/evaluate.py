@@ -17,6 +17,7 @@ import numpy as np
 
 from serving.config import ServingSettings
 from serving.dataset import IMAGE_SUFFIXES, LabelledCrop, decode_crops, labels_of, read_crops
+from serving.degrade import Step, chain_text, degrade
 from serving.errors import InvalidInputError
 from serving.metrics import equal_error_rate, score_metrics
 
@@ -44,30 +45,66 @@ def load_crops(crops: list[LabelledCrop], settings: ServingSettings) -> np.ndarr
 
 
 def select_crops(
-    data_dir: Path, split: str | None, model_names: list[str], settings: ServingSettings
+    data_dir: Path,
+    split: str | None,
+    model_names: list[str],
+    settings: ServingSettings,
+    rows: tuple[int, int] | None = None,
 ) -> list[LabelledCrop]:
-    """The crops to evaluate: a labels.csv split, every crop, or (`val`) the trained models' validation split.
+    """The crops to evaluate: a labels.csv split, every crop, or (`val`) the trained models' validation split; with
+    `rows`, only crops of those labels.csv data rows (1-based, inclusive).
 
-    With `val`, models that recorded no split (the authors' 2018 weights never saw these crops) are scored on the
-    split the trained models in the list share, so every model is compared on the same crops.
+    With `val`, the split is the first trained model's. Models that recorded no split (the authors' 2018 weights
+    never saw these crops) are scored on it too; so are trained models validated on another split, but only if they
+    never trained on one of the crops (`rows` can leave such crops out: models of earlier data on the newer rows).
     """
     if split != VALIDATION_SPLIT:
-        return read_crops(data_dir, split)
-    from serving.train import model_metadata, validation_crops
+        crops = read_crops(data_dir, split)
+    else:
+        from serving.train import model_metadata, validation_crops
 
-    recorded = []
-    for name in model_names:
-        meta = model_metadata(name, settings)
-        if meta is not None and "split" in meta.get("data", {}):
-            recorded.append(meta["data"]["split"])
-    if not recorded:
+        recorded = {}
+        for name in model_names:
+            meta = model_metadata(name, settings)
+            if meta is not None and "split" in meta.get("data", {}):
+                recorded[name] = meta["data"]["split"]
+        if not recorded:
+            raise InvalidInputError(
+                f"--split {VALIDATION_SPLIT}: none of {', '.join(model_names)} has a recorded "
+                "validation split (only models from `mesoscan train` do): name one with them"
+            )
+        first = next(iter(recorded.values()))
+        crops = validation_crops(data_dir, first)
+    if rows:
+        crops = [c for c in crops if c.row is not None and rows[0] <= c.row <= rows[1]]
+        if not crops:
+            raise InvalidInputError(f"{data_dir}: no crops to evaluate in rows {rows[0]}-{rows[1]}")
+    if split == VALIDATION_SPLIT:
+        for name, other in recorded.items():
+            if other != first:
+                _check_never_trained_on(crops, name, other, data_dir)
+    return crops
+
+
+def _check_never_trained_on(crops: list[LabelledCrop], name: str, split: dict, data_dir: Path) -> None:
+    from serving.training.data import split_crops
+
+    trained = {
+        c.path
+        for c in split_crops(
+            data_dir,
+            split["val_fraction"],
+            split["seed"],
+            split.get("limit"),
+            tuple(split["rows"]) if split.get("rows") else None,
+        )[0]
+    }
+    seen = sum(c.path in trained for c in crops)
+    if seen:
         raise InvalidInputError(
-            f"--split {VALIDATION_SPLIT}: none of {', '.join(model_names)} has a recorded "
-            "validation split (only models from `mesoscan train` do): name one with them"
+            f"--split {VALIDATION_SPLIT}: {name} was validated on another split and trained on {seen} of these "
+            f"{len(crops)} crops; --rows FIRST-LAST can leave them out"
         )
-    if any(s != recorded[0] for s in recorded[1:]):
-        raise InvalidInputError(f"--split {VALIDATION_SPLIT}: the models were validated on different splits")
-    return validation_crops(data_dir, recorded[0])
 
 
 def score_models(
@@ -94,15 +131,23 @@ def evaluate_crops(
     settings: ServingSettings,
     tta: bool = False,
     out_dir: Path | None = None,
+    rows: tuple[int, int] | None = None,
+    degradation: tuple[Step, ...] = (),
 ) -> dict[str, dict]:
-    """{model name: metrics} for every model on the same crops (decoded once); files into `out_dir` if given."""
+    """{model name: metrics} for every model on the same crops (decoded once, then put through `degradation`);
+    files into `out_dir` if given."""
     if not model_names:
         raise InvalidInputError("name at least one model to evaluate")
-    crops = select_crops(Path(data_dir), split, model_names, settings)
+    crops = select_crops(Path(data_dir), split, model_names, settings, rows)
     labels = labels_of(crops)
-    scores, thresholds = score_models(load_crops(crops, settings), model_names, settings, tta)
+    faces = load_crops(crops, settings)
+    if degradation:
+        faces = degrade(faces, degradation)
+    scores, thresholds = score_models(faces, model_names, settings, tta)
+    extra = {"rows": list(rows) if rows else None, "degrade": chain_text(degradation) or None}
     results = {
-        name: {**score_metrics(labels, s, thresholds[name]), "tta": tta, "split": split} for name, s in scores.items()
+        name: {**score_metrics(labels, s, thresholds[name]), "tta": tta, "split": split, **extra}
+        for name, s in scores.items()
     }
     if out_dir is not None:
         write_report(Path(out_dir), crops, labels, scores, results)

@@ -416,3 +416,56 @@ def test_training_needs_both_classes_and_enough_crops(tmp_path):
         train(TrainConfig(folder, "meso4", "x", batch_size=75), None, settings, progress=False)
     with pytest.raises(InvalidInputError, match="both REAL and FAKE"):
         train(TrainConfig(folder, "meso4", "x", batch_size=2), None, settings, progress=False)
+
+
+def test_evaluate_degrades_the_crops_and_restricts_them_to_rows(trained, settings, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from serving.degrade import degrade, parse_chain
+    from serving.evaluate import evaluate_crops, load_crops
+    from serving.predictor import get_predictor
+    from serving.training.data import split_crops
+
+    meta, _ = trained
+    val = validation_crops(CROPS_DIR, meta["data"]["split"])
+    chain = parse_chain("downscale:0.3,jpeg:20")
+    worse = evaluate_crops(CROPS_DIR, ["tiny_a"], split="val", settings=settings, degradation=chain)["tiny_a"]
+    with get_predictor("tiny_a", settings) as predictor:
+        scores = predictor.predict(degrade(load_crops(val, settings), chain))
+    assert worse["degrade"] == "downscale:0.3,jpeg:20" and worse["n"] == len(val)
+    assert worse["roc_auc"] == pytest.approx(roc_auc_score([c.fake for c in val], scores), abs=1e-6)
+
+    # a model validated on another split: scored beside tiny_a only on crops it never trained on
+    other = json.loads(json.dumps(meta))
+    other["name"] = "tiny_other_split"
+    other["data"]["split"] = {**meta["data"]["split"], "seed": 20, "limit": None, "rows": [1, 16000]}
+    register(
+        settings.models_dir / "trained", other, weights_source=settings.models_dir / "trained" / "tiny_a.weights.h5"
+    )
+    s = other["data"]["split"]
+    its_training = {c.path for c in split_crops(CROPS_DIR, s["val_fraction"], s["seed"], s["limit"], (1, 16000))[0]}
+    newer = [c for c in val if c.row > 16000]
+    assert newer and any(c.path in its_training for c in val), "the tiny split has crops on both sides"
+    with pytest.raises(InvalidInputError, match=r"tiny_other_split was validated on another split and trained on"):
+        evaluate_crops(CROPS_DIR, ["tiny_a", "tiny_other_split"], split="val", settings=settings)
+    both = evaluate_crops(
+        CROPS_DIR, ["tiny_a", "tiny_other_split"], split="val", settings=settings, rows=(16001, 30250)
+    )
+    assert both["tiny_a"]["n"] == both["tiny_other_split"]["n"] == len(newer)
+    assert both["tiny_a"]["rows"] == [16001, 30250]
+    with pytest.raises(InvalidInputError, match="no crops to evaluate in rows 40000-40001"):
+        evaluate_crops(CROPS_DIR, ["tiny_a"], split="val", settings=settings, rows=(40000, 40001))
+
+
+def test_the_evaluate_command_refuses_bad_degradations_and_crop_options_for_videos(trained):
+    from scanner.cli import evaluate as evaluate_command
+    from tests.conftest import VIDEOS_DIR
+
+    bad = CliRunner().invoke(evaluate_command, ["--data", str(CROPS_DIR), "--model", "tiny_a", "--degrade", "jpeg:0"])
+    assert bad.exit_code == 2 and "quality must be a whole number from 1 to 100" in bad.output
+    videos = CliRunner().invoke(evaluate_command, ["--data", str(require_shared(VIDEOS_DIR)), "--rows", "1-2"])
+    assert videos.exit_code == 2 and "--rows and --degrade are for face crops" in videos.output
+    ok = CliRunner().invoke(
+        evaluate_command, ["--data", str(CROPS_DIR), "--split", "val", "--model", "tiny_a", "--degrade", "blur:2"]
+    )
+    assert ok.exit_code == 0 and "tiny_a" in ok.output, ok.output

@@ -16,28 +16,11 @@ from pathlib import Path
 
 import click
 
+from serving.cli import parse_range
 from serving.training.config import RecipeSetting, TrainConfig, format_range, help_text, recipe_settings
 
 MEASURE_CROP = "mesoscan.measure_crop"
 """`click` context key: the scanner's crop-geometry measurement, set by the scanner's wrappers of these commands."""
-
-
-def parse_range(kind: type):
-    """A click callback parsing `LO-HI` (or one number) into a (lo, hi) tuple of `kind`."""
-
-    def parse(ctx: click.Context, param: click.Parameter, value: str | None):
-        if value is None:
-            return None
-        lo, _, hi = value.partition("-")
-        try:
-            bounds = (kind(lo), kind(hi or lo))
-        except ValueError:
-            raise click.BadParameter(f"expected LO-HI, e.g. 30-90, got {value!r}") from None
-        if bounds[0] > bounds[1]:
-            raise click.BadParameter(f"{value!r}: LO is above HI")
-        return bounds
-
-    return parse
 
 
 def option(recipe: RecipeSetting) -> click.Option:

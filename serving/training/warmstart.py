@@ -20,6 +20,7 @@ from serving.config import ServingSettings
 from serving.errors import InvalidInputError
 from serving.training.config import TrainConfig
 from serving.training.data import TrainingData
+from serving.training.registration import model_metadata
 
 RECORD = "init.json"
 """In the run folder: what the run started from (the checkpoint holds the weights it went on to)."""
@@ -34,7 +35,7 @@ def start_record(config: TrainConfig, data: TrainingData, settings: ServingSetti
         raise InvalidInputError(f"--init-from {spec.name}: an ensemble has no single network to start from")
     if spec.arch != config.arch:
         raise InvalidInputError(f"--init-from {spec.name} is a {spec.arch}, this run trains a {config.arch}")
-    recorded = _recorded_json(spec)
+    recorded = model_metadata(spec.name, settings) or {}
     training = recorded.get("training", {})
     if recorded:
         theirs = recorded.get("data", {}).get("split", {}).get("val_clusters_sha256")
@@ -73,10 +74,3 @@ def warm_start(model, config: TrainConfig, data: TrainingData, folder: Path, set
     model.set_weights(weights)
     atomic_write_text(saved, json.dumps(record, indent=2) + "\n")
     return record
-
-
-def _recorded_json(spec) -> dict:
-    """The JSON `mesoscan train` wrote for `spec` ({} for the authors' models)."""
-    weights = spec.weights.packaged_path
-    path = weights.parent / f"{spec.name}.json" if weights is not None else None
-    return json.loads(path.read_text()) if path is not None and path.is_file() else {}
