@@ -96,8 +96,15 @@ def fetch_error(url: str, settings: ScannerSettings) -> ScanError:
 
 
 def child_processes() -> list[str]:
-    """Pids of this process's children (of any of its threads), from /proc."""
-    return [pid for task in Path("/proc/self/task").iterdir() for pid in (task / "children").read_text().split()]
+    """Pids of this process's children (of any of its threads), from /proc; a thread that ends while they are
+    listed has none left to count."""
+    pids = []
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            pids += (task / "children").read_text().split()
+        except FileNotFoundError:
+            continue
+    return pids
 
 
 _BEFORE: set[str] = set()
