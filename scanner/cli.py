@@ -258,8 +258,8 @@ def evaluate(
             degradation=degradation,
         )
         return
-    if rows or degradation:
-        raise click.UsageError("--rows and --degrade are for face crops; a videos folder is scanned as it is")
+    if rows:
+        raise click.UsageError("--rows is for face crops; a videos folder is scanned whole")
     from scanner.config import ScannerSettings
     from scanner.videoset import evaluate_videos, format_video_table
     from serving.config import ServingSettings
@@ -267,7 +267,9 @@ def evaluate(
     serving = command_settings(ServingSettings)
     names = [n.strip() for n in (model_names or serving.model).split(",") if n.strip()]
     settings = command_settings(ScannerSettings, **({"frames": frames} if frames else {}))
-    metrics, rows = evaluate_videos(data_dir, names, settings, out_dir, serving_settings=serving)
+    metrics, rows = evaluate_videos(
+        data_dir, names, settings, out_dir, serving_settings=serving, degradation=degradation
+    )
     click.echo(format_video_table(metrics, rows))
     if out_dir:
         click.echo(f"report: {out_dir}")

@@ -12,7 +12,7 @@ import json
 import re
 from collections.abc import Callable
 from contextlib import ExitStack, closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ from scanner.config import ScannerSettings
 from scanner.errors import ScanError
 from serving.config import ServingSettings
 from serving.dataset import LabelledCrop
+from serving.degrade import Step, chain_text
 from serving.errors import InvalidInputError
 
 VIDEO_SUFFIXES = {".mp4", ".webm", ".mov", ".mkv", ".avi", ".m4v", ".ts"}
@@ -179,18 +180,23 @@ def evaluate_videos(
     on_video: Callable[[VideoFaces], None] | None = None,
     *,
     serving_settings: ServingSettings,
+    degradation: tuple[Step, ...] = (),
 ) -> tuple[dict[str, dict], list[dict]]:
     """Each model's video-level metrics on a labelled video folder, through the full pipeline.
 
     Each video's frames are decoded and its faces found once; every model (all loaded up front) scores the same
     crops, which are dropped before the next video. A model's verdict follows the scan's rules (per-person mean,
     most suspicious person, the model's threshold). Videos without a face have no score: they are counted
-    (`no_face`) and left out of ROC AUC. Returns ({model: metrics}, per-video rows).
+    (`no_face`) and left out of ROC AUC. With `degradation`, each video is first re-encoded through it
+    (scanner/reencode.py) in a temporary folder, removed as soon as the video is scored; one it fails on counts as
+    `failed`. Returns ({model: metrics}, per-video rows).
     """
     from scanner.pipeline import Scanner
+    from scanner.reencode import passes
     from scanner.verdict import build_document
     from serving.evaluate import score_metrics, write_report
 
+    passes(degradation)  # a step no video takes is refused before any model loads
     videos, rows = read_videos(video_dir), []
     with ExitStack() as stack:
         scanners = {
@@ -200,7 +206,8 @@ def evaluate_videos(
         margins = tuple(dict.fromkeys(m for sc in scanners.values() for m in sc.margins))
         first = next(iter(scanners.values()))
         for video in videos:
-            found = collect_faces(first, video, margins)
+            found = _collect_degraded(first, video, margins, degradation) if degradation else None
+            found = found or collect_faces(first, video, margins)
             if on_video:
                 on_video(found)
             row = {
@@ -249,11 +256,27 @@ def evaluate_videos(
             "uncertain": verdicts.count("uncertain"),
             "fake_called_real": sum(1 for f, v in zip(fake, verdicts, strict=True) if f and v == "real"),
             "real_called_fake": sum(1 for f, v in zip(fake, verdicts, strict=True) if not f and v == "fake"),
+            "degrade": chain_text(degradation) or None,
         }
     if out_dir is not None and judged:
         write_report(Path(out_dir), [videos[i] for i in judged], labels, scores, metrics)
         (Path(out_dir) / "videos.json").write_text(json.dumps(rows, indent=2) + "\n")
     return metrics, rows
+
+
+def _collect_degraded(scanner, video: LabelledCrop, margins: tuple[float, ...], chain: tuple[Step, ...]) -> VideoFaces:
+    """`collect_faces` on `video` re-encoded through `chain` (the row still names the original)."""
+    from scanner.reencode import reencode
+    from serving.files import private_temp_dir
+
+    with private_temp_dir(scanner.settings.temp_dir, "mesoscan-degrade-") as workdir:
+        try:
+            degraded = reencode(video.path, workdir, chain, scanner.settings.max_frames)
+        except ScanError as exc:
+            return VideoFaces(video, error=exc)
+        found = collect_faces(scanner, replace(video, path=degraded), margins)
+    found.video = video
+    return found
 
 
 def format_video_table(metrics: dict[str, dict], rows: list[dict]) -> str:

@@ -345,8 +345,9 @@ degrade_option = click.option(
     default=None,
     callback=_parse_degradation,
     metavar="STEPS",
-    help="Crops: put every crop through these steps first, in order, as the web does to video: blur:SIGMA, "
-    "downscale:FRACTION (and back up), jpeg:QUALITY; e.g. downscale:0.5,jpeg:40.",
+    help="Put every crop, or every video, through these steps first, in order, as the web does: blur:SIGMA, "
+    "downscale:FRACTION (crops: and back up), jpeg:QUALITY (crops), h264:CRF (videos: an x264 re-encode); "
+    "e.g. downscale:0.5,jpeg:40 or downscale:0.5,h264:28.",
 )
 
 

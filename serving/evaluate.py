@@ -17,7 +17,7 @@ import numpy as np
 
 from serving.config import ServingSettings
 from serving.dataset import IMAGE_SUFFIXES, LabelledCrop, decode_crops, labels_of, read_crops
-from serving.degrade import Step, chain_text, degrade
+from serving.degrade import CROP_STEPS, Step, chain_text, degrade, require_steps
 from serving.errors import InvalidInputError
 from serving.metrics import equal_error_rate, score_metrics
 
@@ -138,6 +138,7 @@ def evaluate_crops(
     files into `out_dir` if given."""
     if not model_names:
         raise InvalidInputError("name at least one model to evaluate")
+    require_steps(degradation, CROP_STEPS, "a crop")
     crops = select_crops(Path(data_dir), split, model_names, settings, rows)
     labels = labels_of(crops)
     faces = load_crops(crops, settings)

@@ -7,6 +7,7 @@ import csv
 import dataclasses
 import importlib.util
 import json
+import re
 import shutil
 
 import h5py
@@ -464,7 +465,14 @@ def test_the_evaluate_command_refuses_bad_degradations_and_crop_options_for_vide
     bad = CliRunner().invoke(evaluate_command, ["--data", str(CROPS_DIR), "--model", "tiny_a", "--degrade", "jpeg:0"])
     assert bad.exit_code == 2 and "quality must be a whole number from 1 to 100" in bad.output
     videos = CliRunner().invoke(evaluate_command, ["--data", str(require_shared(VIDEOS_DIR)), "--rows", "1-2"])
-    assert videos.exit_code == 2 and "--rows and --degrade are for face crops" in videos.output
+    assert videos.exit_code == 2 and "--rows is for face crops" in videos.output
+    for data, step, message in (
+        (CROPS_DIR, "h264:30", "h264 is not a step for a crop .*jpeg:Q"),
+        (VIDEOS_DIR, "jpeg:40", "jpeg is not a step for a video .*h264:CRF"),
+    ):
+        refused = CliRunner().invoke(evaluate_command, ["--data", str(data), "--model", "tiny_a", "--degrade", step])
+        assert isinstance(refused.exception, InvalidInputError), refused.output
+        assert re.search(message, str(refused.exception))
     ok = CliRunner().invoke(
         evaluate_command, ["--data", str(CROPS_DIR), "--split", "val", "--model", "tiny_a", "--degrade", "blur:2"]
     )
