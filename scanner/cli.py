@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from serving.cli import command_settings, degrade_option, rows_option
+from serving.cli import command_settings
+from serving.cli import evaluate as crops_evaluate
 
 SPARKS = "▁▂▃▄▅▆▇█"
 URL_LIKE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
@@ -201,65 +202,53 @@ def extract_faces(
     click.echo(f"{rows} faces from {total} videos: {labels}")
 
 
-@click.command()
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(file_okay=False, exists=True, path_type=Path),
-    required=True,
-    help="Face crops (labels.csv or real/ and fake/ images): crop level. Labelled videos: video level, "
+VIDEO_HELP = {
+    "data_dir": "Face crops (labels.csv or real/ and fake/ images): crop level. Labelled videos: video level, "
     "through the full pipeline.",
-)
-@click.option(
-    "--split",
-    default=None,
-    help="Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint "
-    "validation split the trained models recorded (other models are scored on it too).",
-)
-@click.option("--model", "model_names", default=None, help="Comma-separated model names (default: MESOSCAN_MODEL).")
-@click.option("--tta", is_flag=True, help="Crops: average each score with that of the horizontally flipped crop.")
-@rows_option
-@degrade_option
-@click.option("--frames", type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video.")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=None,
-    help="Write metrics.json, scores.csv, roc.png and hist_<model>.png (videos: also videos.json) here.",
-)
-@click.pass_context
-def evaluate(
-    ctx: click.Context,
-    data_dir: Path,
-    split: str | None,
-    model_names: str | None,
-    tta: bool,
-    rows: tuple[int, int] | None,
-    degradation: tuple,
-    frames: int | None,
-    out_dir: Path | None,
-) -> None:
-    """ROC AUC, equal error rate, accuracy and confusion counts of several models side by side, on face crops
-    (crop level) or on labelled videos (video level: the scan's verdict per video)."""
-    from scanner.videoset import is_video_folder
+    "split": "Crops: only rows of labels.csv with this split (e.g. test); `val`: the cluster-disjoint validation "
+    "split the trained models recorded (other models are scored on it too).",
+    "tta": "Crops: average each score with that of the horizontally flipped crop.",
+    "out_dir": "Write metrics.json, scores.csv, roc.png and hist_<model>.png (videos: also videos.json) here.",
+}
+"""Where the video level changes what serving's crop-level `evaluate` says of an option."""
 
-    if not is_video_folder(data_dir):
-        from serving.cli import evaluate as evaluate_crops
 
-        ctx.invoke(
-            evaluate_crops,
-            data_dir=data_dir,
-            split=split,
-            model_names=model_names,
-            tta=tta,
-            out_dir=out_dir,
-            rows=rows,
-            degradation=degradation,
+def _with_videos(crops: click.Command) -> click.Command:
+    """serving's crop-level `evaluate` (its options, reworded where videos differ) taking labelled videos too."""
+    import copy
+
+    def reworded(param: click.Parameter) -> click.Parameter:
+        param = copy.copy(param)
+        param.help = VIDEO_HELP.get(param.name, param.help)  # type: ignore[attr-defined]
+        return param
+
+    frames = click.Option(
+        ["--frames"], type=click.IntRange(1, 1024), default=None, help="Videos: frames sampled per video."
+    )
+
+    def callback(frames: int | None, **options) -> None:
+        from scanner.videoset import is_video_folder
+
+        if not is_video_folder(options["data_dir"]):
+            return crops.callback(**options)
+        if options["rows"]:
+            raise click.UsageError("--rows is for face crops; a videos folder is scanned whole")
+        _evaluate_videos(
+            options["data_dir"], options["model_names"], frames, options["out_dir"], options["degradation"]
         )
-        return
-    if rows:
-        raise click.UsageError("--rows is for face crops; a videos folder is scanned whole")
+
+    return click.Command(
+        "evaluate",
+        params=[*map(reworded, crops.params), frames],
+        callback=callback,
+        help="ROC AUC, equal error rate, accuracy and confusion counts of several models side by side, on face "
+        "crops (crop level) or on labelled videos (video level: the scan's verdict per video).",
+    )
+
+
+def _evaluate_videos(
+    data_dir: Path, model_names: str | None, frames: int | None, out_dir: Path | None, degradation: tuple
+) -> None:
     from scanner.config import ScannerSettings
     from scanner.videoset import evaluate_videos, format_video_table
     from serving.config import ServingSettings
@@ -273,6 +262,9 @@ def evaluate(
     click.echo(format_video_table(metrics, rows))
     if out_dir:
         click.echo(f"report: {out_dir}")
+
+
+evaluate = _with_videos(crops_evaluate)
 
 
 def _with_crop_measurement(command: click.Command) -> click.Command:
