@@ -41,6 +41,7 @@ from scanner.errors import (
     TooLongError,
     UnsupportedUrlError,
 )
+from scanner.media import FFMPEG_CLI_OPTIONS
 from scanner.netguard import AddressPolicy, NetGuard, guarded_youtube_dl
 from scanner.probe import VideoInfo, probe_video
 from serving.files import private_temp_dir, sha256_of
@@ -326,12 +327,7 @@ class _Fetch:
             subprocess.run(
                 [
                     ffmpeg,
-                    "-nostdin",
-                    "-hide_banner",
-                    "-loglevel",
-                    "error",
-                    "-protocol_whitelist",
-                    "file",
+                    *FFMPEG_CLI_OPTIONS,
                     "-f",
                     "mpegts",
                     "-i",
