@@ -41,7 +41,6 @@ from scanner.errors import (
     TooLongError,
     UnsupportedUrlError,
 )
-from scanner.media import FFMPEG_CLI_OPTIONS
 from scanner.netguard import AddressPolicy, NetGuard, guarded_youtube_dl
 from scanner.probe import VideoInfo, probe_video
 from serving.files import private_temp_dir, sha256_of
@@ -327,7 +326,12 @@ class _Fetch:
             subprocess.run(
                 [
                     ffmpeg,
-                    *FFMPEG_CLI_OPTIONS,
+                    "-nostdin",
+                    "-hide_banner",
+                    "-loglevel",
+                    "error",
+                    "-protocol_whitelist",
+                    "file",
                     "-f",
                     "mpegts",
                     "-i",

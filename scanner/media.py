@@ -14,9 +14,6 @@ SAFE_OPEN_OPTIONS = {
 }
 """FFmpeg options for opening any media file of MesoScan's: local files only, container demuxers only."""
 
-FFMPEG_CLI_OPTIONS = ["-nostdin", "-hide_banner", "-loglevel", "error", "-protocol_whitelist", "file"]
-"""The `ffmpeg` program's options for every run of MesoScan's: no prompt, errors only, local files only."""
-
 
 def decode_limits(max_frames: int | None, max_pixels: int | None, frame_pixels: int | None) -> tuple[int, int, int]:
     """The decoding limits given; the documented defaults (`ScannerSettings`' own, never the environment: entry

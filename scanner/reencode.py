@@ -14,7 +14,6 @@ import subprocess
 from pathlib import Path
 
 from scanner.errors import CorruptVideoError
-from scanner.media import FFMPEG_CLI_OPTIONS
 from serving.degrade import VIDEO_STEPS, Step, require_steps
 from serving.errors import InvalidInputError
 
@@ -49,7 +48,12 @@ def ffmpeg_command(source: Path, target: Path, filters: list[str], crf: int | No
     quality = ["-qp", "0"] if crf is None else ["-crf", str(crf)]
     return [
         ffmpeg,
-        *FFMPEG_CLI_OPTIONS,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-protocol_whitelist",
+        "file",
         "-i",
         str(source),
         "-map",
