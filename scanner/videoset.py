@@ -206,8 +206,10 @@ def evaluate_videos(
         margins = tuple(dict.fromkeys(m for sc in scanners.values() for m in sc.margins))
         first = next(iter(scanners.values()))
         for video in videos:
-            found = _collect_degraded(first, video, margins, degradation) if degradation else None
-            found = found or collect_faces(first, video, margins)
+            if degradation:
+                found = _collect_degraded(first, video, margins, degradation)
+            else:
+                found = collect_faces(first, video, margins)
             if on_video:
                 on_video(found)
             row = {
